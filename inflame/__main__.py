@@ -1,0 +1,5 @@
+"""`python -m inflame` runs the CLI."""
+
+from inflame.cli import main
+
+main()

@@ -1,0 +1,398 @@
+"""The `inflame` command line: parse arguments, call the library, render the result.
+
+No logic lives here. Heavy modules (torch, torchvision, cloud SDKs) are imported inside
+the commands that need them, so `inflame --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from inflame import __version__
+from inflame.errors import InflameError
+
+app = typer.Typer(
+    name="inflame",
+    help="One TOML job spec, one PyTorch training app, every place it can run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+runs_app = typer.Typer(help="List local runs, or show one.", no_args_is_help=False)
+app.add_typer(runs_app, name="runs")
+
+RunsDir = Annotated[
+    Path | None,
+    typer.Option("--runs-dir", help="Folder holding runs (default: $INFLAME_RUNS_DIR or ./runs)."),
+]
+
+
+def _stderr() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"inflame {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """One TOML job spec, one PyTorch training app, every place it can run."""
+
+
+@app.command()
+def train(
+    spec: Annotated[
+        Path | None,
+        typer.Argument(help="Job spec (TOML). Optional with --resume.", show_default=False),
+    ] = None,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="Run here (the default; cloud runs use `inflame submit`)."),
+    ] = True,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            metavar="SECTION.KEY=VALUE",
+            help="Override a spec value, e.g. hyperparameters.epochs=3 (repeatable).",
+        ),
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Write the run here instead of runs/<name>-<time>-<hash>.")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue a run (directory, name, or `latest`) from its last checkpoint."
+        ),
+    ] = None,
+    runs_dir: RunsDir = None,
+    help_app: Annotated[
+        bool, typer.Option("--help-app", help="List the app's hyperparameters and exit.")
+    ] = False,
+) -> None:
+    """Train the spec's app locally: checkpoints, resume, hashed run directory."""
+    if help_app:
+        _print_app_help(spec, overrides or [])
+        return
+    from inflame.launcher import train_local
+
+    result = train_local(spec, overrides or [], run_dir=run_dir, resume=resume, runs_root=runs_dir)
+    _print_train_summary(result.run_dir, result.manifest)
+    print(result.run_dir)
+
+
+def _print_app_help(spec: Path | None, overrides: list[str]) -> None:
+    if spec is None:
+        raise InflameError("--help-app needs the job spec: `inflame train --help-app SPEC`.")
+    from rich.console import Console
+    from rich.table import Table
+
+    from inflame.apps import load_app
+    from inflame.spec import load_spec
+
+    loaded = load_spec(spec, overrides)
+    application = load_app(loaded.job.app)
+    table = Table(title=f"Hyperparameters of app `{application.name}` ({application.file})")
+    for column in ("name", "type", "default", "in spec", "help"):
+        table.add_column(column, overflow="fold")
+    for param in application.hparams or ():
+        given = loaded.hyperparameters.get(param.name, "")
+        table.add_row(
+            param.name,
+            param.type_name,
+            json.dumps(param.default),
+            json.dumps(given) if param.name in loaded.hyperparameters else "",
+            param.help
+            + (f" Choices: {', '.join(map(str, param.choices))}." if param.choices else ""),
+        )
+        del given
+    if application.hparams is None:
+        table.caption = "This app declares no HPARAMS: any hyperparameter passes unchecked."
+    Console().print(table)
+
+
+def _print_train_summary(run_dir: Path, manifest: dict[str, Any]) -> None:
+    from inflame.runs import read_metrics
+
+    epochs = [r for r in read_metrics(run_dir) if "epoch" in r]
+    console = _stderr()
+    if epochs:
+        best = max(epochs, key=lambda r: r.get("val_accuracy", -1.0))
+        line = f"trained {epochs[-1]['epoch']} epoch(s)"
+        if "val_accuracy" in best:
+            line += f"; best val_accuracy {best['val_accuracy']:.4f} (epoch {best['epoch']})"
+        console.print(line)
+    tests = [r for r in read_metrics(run_dir) if "test_accuracy" in r]
+    if tests:
+        console.print(f"test_accuracy {tests[-1]['test_accuracy']:.4f}")
+    if manifest.get("weights_sha256"):
+        console.print(f"weights sha256 {manifest['weights_sha256']}")
+    console.print(f"run directory (predict with `inflame predict IMAGE --run {run_dir}`):")
+
+
+@app.command()
+def predict(
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files or folders.", show_default=False)
+    ],
+    run: Annotated[
+        str, typer.Option("--run", "-r", help="Run directory, run name, or `latest`.")
+    ] = "latest",
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", "-k", help="Also list the K most likely labels.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Label images with a trained run: one JSON object per image per line."""
+    from inflame.predict import Predictor
+    from inflame.runs import resolve_run
+
+    predictor = Predictor.from_run(resolve_run(run, runs_dir))
+    failed = total = 0
+    for result in predictor.predict(images, top_k=top_k, batch_size=batch_size):
+        total += 1
+        print(json.dumps(result), flush=True)
+        if "error" in result:
+            failed += 1
+            print(f"error: {result['error']}", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {total} input(s) could not be labelled", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs_list(
+    ctx: typer.Context,
+    runs_dir: RunsDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List local runs: name, time, status, epochs, best val accuracy, weights hash."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from inflame.runs import default_runs_root, list_runs
+
+    root = runs_dir or default_runs_root()
+    summaries = list_runs(root)
+    if as_json:
+        for s in summaries:
+            print(
+                json.dumps(
+                    {
+                        "run": str(s.path),
+                        "job": s.job,
+                        "created": s.created,
+                        "status": s.status,
+                        "epochs": s.epochs,
+                        "best_val_accuracy": s.best_val_accuracy,
+                        "weights_sha256": s.weights_sha256,
+                    }
+                )
+            )
+        return
+    if not summaries:
+        _stderr().print(f"No runs under {root}. Train one with `inflame train --local SPEC`.")
+        return
+    table = Table(title=f"Runs in {root}")
+    table.add_column("run", overflow="fold", ratio=1)
+    for column in ("created", "status", "epochs", "val acc", "weights"):
+        table.add_column(column, no_wrap=True, min_width=len(column))
+    for s in summaries:
+        acc = f"{s.best_val_accuracy:.4f}" if s.best_val_accuracy is not None else "-"
+        table.add_row(
+            s.path.name,
+            s.created.replace("T", " ")[:16],
+            s.status,
+            str(s.epochs),
+            acc,
+            (s.weights_sha256 or "-")[:12],
+        )
+    Console().print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run: Annotated[str, typer.Argument(help="Run directory, run name, or `latest`.")],
+    runs_dir: RunsDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show one run: status, hashes, hyperparameters and per-epoch metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from inflame.runs import read_manifest, read_metrics, resolve_run, run_status
+
+    run_dir = resolve_run(run, runs_dir)
+    manifest = read_manifest(run_dir)
+    if as_json:
+        print(json.dumps(manifest, indent=2))
+        return
+    console = Console()
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    data = manifest.get("data", {})
+    rows = [
+        ("run", str(run_dir)),
+        ("status", run_status(manifest)),
+        ("job", manifest["job"]["name"]),
+        ("created", manifest.get("created", "")),
+        ("finished", manifest.get("finished", "")),
+        ("app", f"{manifest['app']['name']}  sha256 {manifest['app']['sha256']}"),
+        ("spec", f"{manifest['spec']['path']}  sha256 {manifest['spec']['sha256']}"),
+        ("resolved spec", manifest["spec"]["resolved_sha256"]),
+        ("seed", str(manifest.get("seed"))),
+        ("dataset", f"fingerprint {data.get('fingerprint', '-')}"),
+    ]
+    for name, item in data.get("inputs", {}).items():
+        rows.append((f"  {name}", f"{item['file_count']} files  {item['fingerprint']}"))
+    rows.append(("hyperparameters", json.dumps(manifest.get("hyperparameters", {}))))
+    rows.append(("weights sha256", manifest.get("weights_sha256") or "-"))
+    env = manifest.get("environment", {})
+    rows.append(
+        (
+            "environment",
+            ", ".join(
+                f"{k} {v}" for k, v in env.items() if k in ("python", "torch", "torchvision")
+            ),
+        )
+    )
+    if manifest.get("error"):
+        rows.append(("error", manifest["error"]))
+    for key, value in rows:
+        facts.add_row(key, value)
+    console.print(facts)
+    epochs = [r for r in read_metrics(run_dir) if "epoch" in r]
+    if epochs:
+        columns = [k for k in epochs[0] if k not in ("seconds",)]
+        table = Table(title="metrics")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for record in epochs:
+            table.add_row(
+                *(
+                    f"{record.get(c):.4f}"
+                    if isinstance(record.get(c), float)
+                    else str(record.get(c, ""))
+                    for c in columns
+                )
+            )
+        console.print(table)
+
+
+@app.command()
+def split(
+    source: Annotated[Path, typer.Argument(help="Class-per-folder image set.")],
+    destination: Annotated[Path, typer.Argument(help="New folder for train/val[/test].")],
+    ratios: Annotated[str, typer.Option(help="train,val[,test] fractions.")] = "0.8,0.1,0.1",
+    seed: Annotated[int, typer.Option(help="Shuffle seed.")] = 0,
+) -> None:
+    """Deterministic, stratified split into DST/{train,val,test}/<class>/."""
+    from inflame.data.split import parse_ratios, split_dataset
+
+    report = split_dataset(source, destination, parse_ratios(ratios), seed)
+    _print_counts(report.counts)
+    print(report.destination)
+
+
+def _print_counts(counts: dict[str, dict[str, int]]) -> None:
+    from rich.table import Table
+
+    classes = sorted({c for per_split in counts.values() for c in per_split})
+    table = Table()
+    table.add_column("class")
+    for name in counts:
+        table.add_column(name, justify="right")
+    for cls in classes:
+        table.add_row(cls, *(str(counts[name].get(cls, 0)) for name in counts))
+    _stderr().print(table)
+
+
+@app.command("demo-data")
+def demo_data(
+    destination: Annotated[Path, typer.Argument(help="New folder for the demo set.")],
+    per_class: Annotated[int, typer.Option(help="Images per class.")] = 400,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    split_it: Annotated[
+        bool,
+        typer.Option(
+            "--split/--no-split", help="Write train/val/test (0.8/0.1/0.1) or one folder per class."
+        ),
+    ] = True,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Leave an existing non-empty DST as it is.")
+    ] = False,
+) -> None:
+    """Generate the small synthetic demo image set (drawn shapes; no download)."""
+    from inflame.data.demo import make_demo_dataset
+
+    if exist_ok and destination.is_dir() and any(destination.iterdir()):
+        _stderr().print(f"{destination} already exists; leaving it as it is (--exist-ok)")
+        print(destination)
+        return
+    report = make_demo_dataset(
+        destination,
+        per_class=per_class,
+        image_size=image_size,
+        seed=seed,
+        ratios=(0.8, 0.1, 0.1) if split_it else None,
+    )
+    _print_counts(report.counts)
+    print(report.destination)
+
+
+@app.command()
+def init(
+    destination: Annotated[Path, typer.Argument(help="New folder for your app.")],
+    template: Annotated[
+        str, typer.Option("--from", help="Zoo app to start from.")
+    ] = "fowl_classifier",
+    demo_data: Annotated[
+        bool,
+        typer.Option("--demo-data/--no-demo-data", help="Also generate the demo set in DIR/data."),
+    ] = True,
+) -> None:
+    """Scaffold your own app (app.py + job.toml) that trains out of the box."""
+    from inflame.scaffold import scaffold_app
+
+    written = scaffold_app(destination, template, demo_data)
+    console = _stderr()
+    for path in written:
+        console.print(f"wrote {path}")
+    console.print(f"train it: inflame train --local {destination / 'job.toml'}")
+    print(destination)
+
+
+def main() -> None:
+    """Console entry point: user errors become one paragraph on stderr, no traceback."""
+    try:
+        app()
+    except InflameError as exc:
+        from rich.markup import escape
+
+        _stderr().print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=False)
+        sys.exit(exc.exit_code)

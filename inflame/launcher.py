@@ -1,0 +1,263 @@
+"""Train locally: validate everything first, then create the run directory, hash every
+input, run the app's `train(ctx)`, and hash every output into the manifest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inflame.apps import APP_FILE, App, find_app, load_app
+from inflame.errors import InflameError, RunError, RunInterrupted
+from inflame.hashing import sha256_file, tree_digest, tree_hashes
+from inflame.hparams import resolve_hparams
+from inflame.runs import (
+    MANIFEST,
+    SPEC_FILE,
+    default_runs_root,
+    environment_info,
+    hash_data_inputs,
+    hash_outputs,
+    new_run_dir,
+    read_manifest,
+    resolve_run,
+    utc_now,
+    write_json_atomic,
+)
+from inflame.runtime import local_context, require_local_data
+from inflame.spec import JobSpec, load_spec
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    spec: JobSpec  # with the app's resolved hyperparameters
+    app: App
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    manifest: dict[str, Any]
+
+
+def prepare_job(spec_path: str | Path, overrides: Sequence[str] = ()) -> PreparedJob:
+    """Load the spec and the app, and check the hyperparameters against the app's
+    declaration. Touches nothing on disk."""
+    spec = load_spec(spec_path, overrides)
+    app = load_app(spec.job.app)
+    if app.hparams is None:
+        hparams = dict(spec.hyperparameters)
+    else:
+        hparams = resolve_hparams(
+            app.hparams, spec.hyperparameters, app_name=app.name, locate=spec.locate
+        )
+    return PreparedJob(spec=spec.with_hyperparameters(hparams), app=app)
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [
+            k for key in keys for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _check_resumable(
+    run_dir: Path, manifest: dict[str, Any], spec: JobSpec, data: dict[str, Any]
+) -> None:
+    if manifest.get("status") == "completed":
+        raise RunError(
+            f"Run {run_dir} already completed; there is nothing to resume. "
+            f"Its model is in {run_dir / 'model'}."
+        )
+    if manifest["spec"]["resolved_sha256"] != spec.resolved_sha256:
+        stored = load_spec(run_dir / SPEC_FILE).to_dict()
+        changed = ", ".join(_changed_keys(stored, spec.to_dict())) or "(formatting)"
+        raise RunError(
+            f"Cannot resume {run_dir}: the resolved spec differs from the one the run "
+            f"started with (changed: {changed}). Resume with the same spec and --set "
+            f"values (or with no SPEC at all), or start a new run."
+        )
+    if manifest["data"]["fingerprint"] != data["fingerprint"]:
+        changed = [
+            name
+            for name, item in data["inputs"].items()
+            if manifest["data"]["inputs"].get(name, {}).get("fingerprint") != item["fingerprint"]
+        ]
+        raise RunError(
+            f"Cannot resume {run_dir}: data input(s) {', '.join(changed)} changed "
+            "since the run started, so resuming would not reproduce it. Restore the "
+            "data or start a new run."
+        )
+
+
+def train_local(
+    spec_path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    runs_root: Path | None = None,
+    argv: Sequence[str] | None = None,
+) -> TrainResult:
+    """Run the spec's app here; return the run directory and its final manifest."""
+    runs_root = runs_root or default_runs_root()
+    previous: dict[str, Any] | None = None
+    resume_dir: Path | None = None
+    if resume is not None:
+        resume_dir = resolve_run(resume, runs_root)
+        previous = read_manifest(resume_dir)
+        spec_path = spec_path or resume_dir / SPEC_FILE
+    if spec_path is None:
+        raise InflameError(
+            "Give a job spec (inflame train --local SPEC) or a run to resume (--resume RUN_DIR)."
+        )
+    job = prepare_job(spec_path, overrides)
+    spec, app = job.spec, job.app
+    require_local_data(spec)
+    data = hash_data_inputs({name: item.path for name, item in spec.data.items()})
+    app_files = (
+        tree_hashes(app.folder)
+        if app.file.name == APP_FILE
+        else {app.file.name: sha256_file(app.file)}
+    )
+
+    if resume_dir is not None and previous is not None:
+        _check_resumable(resume_dir, previous, spec, data)
+        target, manifest = resume_dir, previous
+        spec_dir = Path(previous["spec"]["folder"])
+        if previous["app"]["sha256"] != tree_digest(app_files):
+            print(
+                f"warning: the app's code changed since {target.name} started; the resumed "
+                "run may not match one that never stopped",
+                file=sys.stderr,
+            )
+        manifest.setdefault("resumed", []).append(
+            {"at": utc_now(), "app_sha256": tree_digest(app_files)}
+        )
+    else:
+        if run_dir is not None:
+            target = Path(run_dir)
+            if target.exists() and any(target.iterdir()):
+                raise RunError(
+                    f"--run-dir {target} exists and is not empty; choose a new "
+                    "folder (or --resume it if it is a run)."
+                )
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target = new_run_dir(runs_root, spec.job.name, spec.resolved_sha256)
+        spec_dir = spec.folder
+        manifest = {
+            "format": "inflame.run/1",
+            "job": {"name": spec.job.name, "description": spec.job.description},
+            "created": utc_now(),
+            "command": list(argv) if argv is not None else sys.argv,
+            "spec": {
+                "path": str(spec.path),
+                "folder": str(spec.folder),
+                "sha256": spec.source_sha256,
+                "resolved_sha256": spec.resolved_sha256,
+                "overrides": list(overrides),
+            },
+            "app": {
+                "name": app.name,
+                "ref": spec.job.app,
+                "file": str(app.file),
+                "sha256": tree_digest(app_files),
+                "files": app_files,
+            },
+            "seed": spec.job.seed,
+            "hyperparameters": spec.hyperparameters,
+            "data": data,
+        }
+        (target / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")
+
+    manifest.update(
+        status="running", pid=os.getpid(), host=platform.node(), environment=environment_info()
+    )
+    write_json_atomic(target / MANIFEST, manifest)
+
+    from inflame.training.seeding import seed_everything
+
+    seed_everything(spec.job.seed)
+    ctx = local_context(spec, spec.hyperparameters, target)
+    ctx.spec_dir = spec_dir
+    try:
+        app.train(ctx)
+    except KeyboardInterrupt:
+        manifest.update(status="interrupted", finished=utc_now())
+        write_json_atomic(target / MANIFEST, manifest)
+        raise RunInterrupted(
+            f"Interrupted. The run keeps its last checkpoint; continue it with "
+            f"`inflame train --local --resume {target}`."
+        ) from None
+    except BaseException as exc:
+        manifest.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
+        write_json_atomic(target / MANIFEST, manifest)
+        raise
+    outputs = hash_outputs(target)
+    manifest.update(
+        status="completed",
+        finished=utc_now(),
+        environment=environment_info(),
+        extra_inputs=ctx.recorded_inputs,
+        outputs=outputs,
+        weights_sha256=outputs.get("weights.safetensors"),
+    )
+    manifest.pop("error", None)
+    write_json_atomic(target / MANIFEST, manifest)
+    return TrainResult(run_dir=target, manifest=manifest)
+
+
+def run_app(app_file: str | Path, argv: Sequence[str] | None = None) -> None:
+    """`python app.py [SPEC] [--set k=v …] [--run-dir D] [--resume D]`: the same launcher as
+    `inflame train --local`, with this file as the app and `job.toml` beside it by default."""
+    app_file = Path(app_file).resolve()
+    parser = argparse.ArgumentParser(
+        prog=f"python {app_file.name}", description=f"Train {app_file.parent.name} locally."
+    )
+    parser.add_argument(
+        "spec",
+        nargs="?",
+        default=str(app_file.parent / "job.toml"),
+        help="job spec (default: job.toml beside the app)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a spec value (repeatable)",
+    )
+    parser.add_argument("--run-dir", help="write the run here instead of runs/<name>-…")
+    parser.add_argument("--resume", help="continue a run directory from its last checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        overrides = list(args.overrides)
+        spec_app = load_spec(args.spec, overrides).job.app
+        try:
+            same = find_app(spec_app) == app_file
+        except InflameError:
+            same = False
+        if not same:  # run this file, and say so in the resolved spec
+            print(f"note: running {app_file} (the spec names app `{spec_app}`)", file=sys.stderr)
+            overrides.append(f"job.app={json.dumps(str(app_file.parent))}")
+        result = train_local(
+            args.spec,
+            overrides,
+            run_dir=args.run_dir,
+            resume=args.resume,
+            argv=[sys.executable, *(sys.argv if argv is None else argv)],
+        )
+    except InflameError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    print(result.run_dir)

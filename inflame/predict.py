@@ -1,0 +1,104 @@
+"""Label images with a trained run: one JSON-ready dict per image, in input order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inflame.data.images import MAX_PIXELS, UnreadableImage, is_image_file, open_image
+from inflame.errors import InflameError
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    path: Path
+    error: str | None = None  # set when the input cannot even be listed
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[ImageInput]:
+    """Files as given, folders expanded to their image files (sorted, recursive)."""
+    found: list[ImageInput] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            images = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            if not images:
+                found.append(ImageInput(item, f"{item}: folder holds no images"))
+            found.extend(ImageInput(p) for p in images)
+        elif item.exists():
+            found.append(ImageInput(item))
+        else:
+            found.append(ImageInput(item, f"{item}: no such file or folder"))
+    return found
+
+
+class Predictor:
+    """A trained image classifier, rebuilt from a run directory alone."""
+
+    def __init__(self, model_dir: Path, device: str | None = None):
+        import torch
+
+        from inflame.vision import eval_transform, load_classifier
+
+        self.model, self.meta = load_classifier(model_dir)
+        self.classes: list[str] = self.meta["classes"]
+        prep = self.meta["preprocessing"]
+        self.transform = eval_transform(prep["image_size"], prep["mean"], prep["std"])
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
+        return cls(Path(run_dir) / "model", device)
+
+    def predict(
+        self,
+        inputs: Sequence[str | Path],
+        *,
+        top_k: int | None = None,
+        batch_size: int = 32,
+        max_pixels: int = MAX_PIXELS,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield {"image", "label", "probability"[, "top_k"]} or {"image", "error"}."""
+        if top_k is not None and top_k < 1:
+            raise InflameError(f"--top-k must be at least 1, got {top_k}.")
+        items = collect_images(inputs)
+        for start in range(0, len(items), batch_size):
+            yield from self._predict_batch(items[start : start + batch_size], top_k, max_pixels)
+
+    def _predict_batch(
+        self, items: Sequence[ImageInput], top_k: int | None, max_pixels: int
+    ) -> Iterator[dict[str, Any]]:
+        import torch
+
+        tensors: list[Any] = []
+        results: list[dict[str, Any]] = []
+        for item in items:
+            if item.error:
+                results.append({"image": str(item.path), "error": item.error})
+                continue
+            try:
+                tensors.append(self.transform(open_image(item.path, max_pixels)))
+                results.append({"image": str(item.path)})
+            except UnreadableImage as exc:
+                results.append({"image": str(item.path), "error": str(exc)})
+        if tensors:
+            with torch.inference_mode():
+                logits = self.model(torch.stack(tensors).to(self.device))
+                probabilities = torch.softmax(logits.float(), dim=1).cpu()
+            k = min(top_k or 1, len(self.classes))
+            ranked = probabilities.topk(k, dim=1)
+            rows = iter(zip(ranked.values.tolist(), ranked.indices.tolist(), strict=True))
+            for result in results:
+                if "error" in result:
+                    continue
+                values, indices = next(rows)
+                result["label"] = self.classes[indices[0]]
+                result["probability"] = round(values[0], 4)
+                if top_k is not None:
+                    result["top_k"] = [
+                        {"label": self.classes[i], "probability": round(v, 4)}
+                        for v, i in zip(values, indices, strict=True)
+                    ]
+        yield from results

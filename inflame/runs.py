@@ -1,0 +1,191 @@
+"""Run directories and their manifests.
+
+A run directory holds the resolved spec (`spec.toml`), `manifest.json` (sha256 of the spec,
+the app code, every data file, the environment and every output), `metrics.jsonl`,
+`checkpoints/` and the final `model/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from inflame import __version__
+from inflame.errors import RunError
+from inflame.hashing import tree_digest, tree_hashes
+from inflame.runtime import MetricsLog
+
+RUNS_ENV = "INFLAME_RUNS_DIR"
+MANIFEST = "manifest.json"
+SPEC_FILE = "spec.toml"
+METRICS_FILE = "metrics.jsonl"
+WEIGHTS_PATH = "model/weights.safetensors"
+_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "safetensors")
+
+
+def default_runs_root() -> Path:
+    return Path(os.environ.get(RUNS_ENV) or "runs")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_dir(root: Path, job_name: str, spec_sha256: str) -> Path:
+    """Create `root/<name>-<YYYYmmdd-HHMMSS>-<spec hash[:6]>` (suffixed if it exists)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = f"{job_name}-{stamp}-{spec_sha256[:6]}"
+    root.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        candidate = root / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RunError(f"Cannot create a run directory under {root}.")
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} is not a run directory (no {MANIFEST}). `inflame runs` lists the runs."
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"Cannot read {path}: {exc}.") from None
+
+
+def environment_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "inflame": __version__,
+    }
+    for package in _PACKAGES:
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = None
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        info["cuda"] = torch.version.cuda
+        info["cuda_available"] = torch.cuda.is_available()
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def hash_data_inputs(paths: Mapping[str, Path]) -> dict[str, Any]:
+    """Per input: the sha256 of every file and one fingerprint; plus one for all inputs."""
+    inputs: dict[str, Any] = {}
+    for name, path in paths.items():
+        files = tree_hashes(path)
+        inputs[name] = {
+            "path": str(path),
+            "file_count": len(files),
+            "fingerprint": tree_digest(files),
+            "files": files,
+        }
+    combined = tree_digest({name: item["fingerprint"] for name, item in inputs.items()})
+    return {"inputs": inputs, "fingerprint": combined}
+
+
+def hash_outputs(run_dir: Path) -> dict[str, str]:
+    model_dir = run_dir / "model"
+    return tree_hashes(model_dir) if model_dir.is_dir() else {}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    path: Path
+    job: str
+    created: str
+    status: str
+    epochs: int
+    best_val_accuracy: float | None
+    weights_sha256: str | None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return MetricsLog(run_dir / METRICS_FILE).read()
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_status(manifest: Mapping[str, Any]) -> str:
+    """completed, failed, interrupted, running — or stopped (a running run whose process died)."""
+    status = manifest.get("status", "unknown")
+    if status == "running" and not (
+        manifest.get("host") == platform.node() and _pid_alive(manifest.get("pid"))
+    ):
+        return "stopped"
+    return status
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    manifest = read_manifest(run_dir)
+    epochs = [r for r in read_metrics(run_dir) if "epoch" in r]
+    accuracies = [r["val_accuracy"] for r in epochs if isinstance(r.get("val_accuracy"), float)]
+    return RunSummary(
+        path=run_dir,
+        job=manifest.get("job", {}).get("name", "?"),
+        created=manifest.get("created", "?"),
+        status=run_status(manifest),
+        epochs=max((r["epoch"] for r in epochs), default=0),
+        best_val_accuracy=max(accuracies) if accuracies else None,
+        weights_sha256=manifest.get("weights_sha256"),
+    )
+
+
+def list_runs(root: Path) -> list[RunSummary]:
+    """Every run under root, oldest first."""
+    if not root.is_dir():
+        return []
+    runs = [summarize(p) for p in root.iterdir() if (p / MANIFEST).is_file()]
+    return sorted(runs, key=lambda r: (r.created, r.path.name))
+
+
+def resolve_run(ref: str | Path, root: Path | None = None) -> Path:
+    """A run directory from a path, a run name under the runs root, or `latest`."""
+    root = root or default_runs_root()
+    if str(ref) == "latest":
+        runs = list_runs(root)
+        if not runs:
+            raise RunError(f"No runs under {root}. Train one with `inflame train --local SPEC`.")
+        return runs[-1].path
+    path = Path(ref)
+    for candidate in (path, root / path):
+        if (candidate / MANIFEST).is_file():
+            return candidate
+    raise RunError(
+        f"Run {ref} not found: no {MANIFEST} in {path} or {root / path}. "
+        "`inflame runs` lists the runs."
+    )

@@ -1,0 +1,209 @@
+"""The runtime contract: the `Context` an app gets inside any job.
+
+An app never reads env vars or cloud paths itself; it asks the Context. A resolver per
+platform fills the Context in (local today; SageMaker, Azure ML and Vertex AI add their own
+resolvers without changing apps). Distributed rank fields come from torchrun's variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from inflame.errors import InflameError, did_you_mean
+from inflame.hashing import sha256_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from inflame.spec import JobSpec
+
+
+class DataInputs(Mapping[str, Path]):
+    """Named local data directories. Asking for a missing name is a clear error."""
+
+    def __init__(self, paths: Mapping[str, Path], where: str = "the job spec"):
+        self._paths = dict(paths)
+        self._where = where
+
+    def __getitem__(self, name: str) -> Path:
+        try:
+            return self._paths[name]
+        except KeyError:
+            have = ", ".join(self._paths) or "none"
+            raise InflameError(
+                f"The app needs data input `{name}`, but [data] in {self._where} has only: "
+                f'{have}.{did_you_mean(name, self._paths)} Add `{name} = "PATH"` under [data] '
+                f"or pass `--set data.{name}=PATH`."
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __repr__(self) -> str:
+        return f"DataInputs({self._paths!r})"
+
+
+class MetricsLog:
+    """Append-only JSON-lines metrics file (written by the main process only)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=False) + "\n")
+            handle.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if self.path is None or not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: dropped on the next truncate
+        return records
+
+    def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Keep only the records for which keep(record) is true (used when resuming)."""
+        if self.path is None or not self.path.exists():
+            return
+        kept = [r for r in self.read() if keep(r)]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class Context:
+    """What an app sees inside any job, wherever it runs."""
+
+    job_name: str
+    data: DataInputs
+    output_dir: Path
+    checkpoint_dir: Path
+    hparams: Mapping[str, Any]
+    seed: int
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    platform: str = "local"
+    spec_dir: Path | None = None
+    run_dir: Path | None = None
+    bad_images: str = "error"
+    metrics: MetricsLog = field(default_factory=lambda: MetricsLog(None))
+    recorded_inputs: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        """The accelerator for this process (cuda:LOCAL_RANK when available), else CPU."""
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        """Record one metric value (main process only)."""
+        record: dict[str, Any] = {} if step is None else {"step": step}
+        record[name] = value
+        if self.is_main:
+            self.metrics.append(record)
+
+    def log_metrics(self, values: Mapping[str, Any], *, epoch: int | None = None) -> None:
+        """Record several values as one line, e.g. one line per epoch (main process only)."""
+        record: dict[str, Any] = {} if epoch is None else {"epoch": epoch}
+        record.update(values)
+        if self.is_main:
+            self.metrics.append(record)
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """A path from a hyperparameter, relative to the spec's folder unless absolute."""
+        path = Path(value).expanduser()
+        if path.is_absolute() or self.spec_dir is None:
+            return path
+        return (self.spec_dir / path).resolve()
+
+    def record_input(self, name: str, path: str | Path) -> str:
+        """Hash an extra input (e.g. a local weights file) into the run's manifest."""
+        digest = sha256_file(path)
+        self.recorded_inputs[name] = {"path": str(path), "sha256": digest}
+        return digest
+
+
+def distributed_ranks(env: Mapping[str, str]) -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun-style variables; (0, 0, 1) without them."""
+
+    def read(name: str, default: int) -> int:
+        raw = env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise InflameError(
+                f"Environment variable {name}={raw!r} must be an integer "
+                "(it is set by torchrun or the platform)."
+            ) from None
+
+    rank, local_rank, world_size = read("RANK", 0), read("LOCAL_RANK", 0), read("WORLD_SIZE", 1)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise InflameError(
+            f"Inconsistent distributed environment: RANK={rank}, WORLD_SIZE={world_size}."
+        )
+    return rank, local_rank, world_size
+
+
+def require_local_data(spec: JobSpec) -> None:
+    """Local training reads local folders; a cloud URI in [data] is a spec error here."""
+    for name, item in spec.data.items():
+        if not item.is_local:
+            raise InflameError(
+                f"Invalid job spec, {spec.locate(('data', name))}: data input `{name}` is a "
+                f"cloud URI ({item.value}); local training needs a local folder. Pass "
+                f"`--set data.{name}=PATH`, or run it in the cloud with `inflame submit`."
+            )
+
+
+def local_context(
+    spec: JobSpec,
+    hparams: Mapping[str, Any],
+    run_dir: Path,
+    env: Mapping[str, str] | None = None,
+) -> Context:
+    """The Context for a local run: paths from the spec, outputs under the run directory."""
+    env = os.environ if env is None else env
+    rank, local_rank, world_size = distributed_ranks(env)
+    require_local_data(spec)
+    return Context(
+        job_name=spec.job.name,
+        data=DataInputs({n: item.path for n, item in spec.data.items()}, where=str(spec.path)),
+        output_dir=run_dir / "model",
+        checkpoint_dir=run_dir / "checkpoints",
+        hparams=dict(hparams),
+        seed=spec.job.seed,
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world_size,
+        platform="local",
+        spec_dir=spec.folder,
+        run_dir=run_dir,
+        bad_images=spec.job.bad_images,
+        metrics=MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None),
+    )

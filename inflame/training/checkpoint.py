@@ -1,0 +1,156 @@
+"""Checkpoints without pickle: tensors in safetensors, everything else as JSON metadata.
+
+One file per epoch (`epoch-0003.safetensors`), written to a temporary name, fsynced and
+renamed, so a kill at any moment leaves either the old set of checkpoints or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from inflame.errors import RunError
+
+_NAME_RE = re.compile(r"^epoch-(\d{4,})\.safetensors$")
+_META_KEY = "inflame"
+
+
+@dataclass
+class TrainingState:
+    """Everything needed to continue a run exactly where it stopped."""
+
+    epoch: int  # epochs completed
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    best_epoch: int | None = None
+    best_score: float | None = None
+    best_model: dict[str, torch.Tensor] | None = None  # None: best is this epoch's model
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    return folder / f"epoch-{epoch:04d}.safetensors"
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        match = _NAME_RE.match(child.name)
+        if match:
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for pid, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{pid}.{key}"] = value
+            else:
+                plain.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "state": plain}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for pid, values in meta["state"].items():
+        state.setdefault(int(pid), {}).update(values)
+    for name, tensor in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = tensor
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(folder: Path, state: TrainingState, keep: int = 2) -> Path:
+    """Atomically write the checkpoint for `state.epoch`, then prune all but the last `keep`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in state.model.items()}
+    meta: dict[str, Any] = {
+        "format": 1,
+        "epoch": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_score": state.best_score,
+        "bad_epochs": state.bad_epochs,
+        "stopped_early": state.stopped_early,
+        "history": state.history,
+        "scheduler": state.scheduler,
+        "has_best_model": state.best_model is not None,
+    }
+    if state.best_model is not None:
+        tensors.update({f"best.{k}": v for k, v in state.best_model.items()})
+    if state.optimizer is not None:
+        opt_tensors, meta["optimizer"] = _flatten_optimizer(state.optimizer)
+        tensors.update(opt_tensors)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    target = checkpoint_path(folder, state.epoch)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    _fsync_dir(folder)
+    for epoch, path in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        if epoch != state.epoch:
+            path.unlink(missing_ok=True)
+    return target
+
+
+def load_checkpoint(path: Path) -> TrainingState:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})[_META_KEY])
+        tensors = load_file(str(path))
+    except Exception as exc:  # a foreign or damaged file
+        raise RunError(
+            f"Cannot read checkpoint {path}: {exc}. Delete it to resume from the "
+            "checkpoint before it."
+        ) from None
+
+    def group(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    optimizer = None
+    if "optimizer" in meta:
+        optimizer = _unflatten_optimizer(group("optimizer."), meta["optimizer"])
+    return TrainingState(
+        epoch=meta["epoch"],
+        model=group("model."),
+        optimizer=optimizer,
+        scheduler=meta.get("scheduler"),
+        best_epoch=meta["best_epoch"],
+        best_score=meta["best_score"],
+        best_model=group("best.") if meta["has_best_model"] else None,
+        bad_epochs=meta["bad_epochs"],
+        stopped_early=meta["stopped_early"],
+        history=meta["history"],
+    )
+
+
+def latest_checkpoint(folder: Path) -> TrainingState | None:
+    found = list_checkpoints(folder)
+    return load_checkpoint(found[-1][1]) if found else None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

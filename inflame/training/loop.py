@@ -1,0 +1,299 @@
+"""`fit`: the training loop every app shares.
+
+Per epoch: train, validate, pick the best model on validation, early-stop, log one metrics
+line, write one checkpoint atomically. Shuffling and augmentation are seeded from
+(seed, epoch) alone, so resuming from any checkpoint replays the run exactly: a killed run
+resumed with `--resume` ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from inflame.errors import InflameError
+from inflame.runtime import Context
+from inflame.training.checkpoint import TrainingState, latest_checkpoint, save_checkpoint
+from inflame.training.progress import Reporter, make_reporter
+from inflame.training.seeding import epoch_seed
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # holds the best weights (on validation) when fit returns
+    best_epoch: int | None
+    best_metrics: dict[str, Any]
+    epochs_completed: int
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _EpochStats:
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, correct: int, n: int) -> None:
+        self.loss_sum += loss * n
+        self.correct += correct
+        self.seen += n
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _count_correct(outputs: torch.Tensor, targets: torch.Tensor) -> int:
+    if outputs.ndim == 2 and not torch.is_floating_point(targets):
+        return int((outputs.argmax(dim=1) == targets).sum().item())
+    return 0
+
+
+def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    s = epoch_seed(seed, epoch)
+    random.seed(s)
+    np.random.seed(s % (2**32))
+    torch.manual_seed(s)
+    generator = torch.Generator()
+    generator.manual_seed(s)
+    return generator
+
+
+def _is_better(score: float, best: float | None, minimize: bool) -> bool:
+    if best is None:
+        return True
+    return score < best if minimize else score > best
+
+
+def fit(
+    ctx: Context,
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    scheduler: Any | None = None,
+    early_stopping_patience: int | None = None,
+    monitor: str = "val_loss",
+    num_workers: int = 0,
+    keep_checkpoints: int = 2,
+    reporter: Reporter | None = None,
+) -> FitResult:
+    """Train `model` for up to `epochs`, resuming from `ctx.checkpoint_dir` if it holds a
+    checkpoint. Returns the model with its best weights (lowest `val_loss` by default;
+    `monitor="val_accuracy"` picks the highest accuracy)."""
+    if epochs < 1:
+        raise InflameError(f"epochs must be at least 1, got {epochs}.")
+    if len(train_data) == 0:  # type: ignore[arg-type]
+        raise InflameError("The training set is empty: nothing to train on.")
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    minimize = "loss" in monitor
+    device = ctx.device
+    model.to(device)
+    reporter = reporter or make_reporter(enabled=ctx.is_main)
+
+    state = latest_checkpoint(ctx.checkpoint_dir)
+    if state is not None:
+        model.load_state_dict(state.model)
+        if state.optimizer is not None:
+            optimizer.load_state_dict(state.optimizer)
+        if scheduler is not None and state.scheduler is not None:
+            scheduler.load_state_dict(state.scheduler)
+        best_state = state.best_model if state.best_model is not None else _state_copy(model)
+        done = state.epoch
+        ctx.metrics.truncate(lambda r: r.get("epoch", 0) <= done)
+    else:
+        state = TrainingState(epoch=0, model={})
+        best_state = _state_copy(model)
+        ctx.metrics.truncate(lambda r: False)  # a fresh start: no stale lines
+    history = list(state.history)
+
+    n_train = len(train_data)  # type: ignore[arg-type]
+    drop_last = n_train > batch_size and n_train % batch_size == 1  # BatchNorm needs >1
+    batches = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
+    pin = device.type == "cuda"
+    reporter.start(epochs, state.epoch, batches)
+    try:
+        for epoch in range(state.epoch, epochs):
+            if state.stopped_early:
+                break
+            generator = _seed_epoch(ctx.seed, epoch)
+            loader = DataLoader(
+                train_data,
+                batch_size=batch_size,
+                shuffle=True,
+                generator=generator,
+                num_workers=num_workers,
+                drop_last=drop_last,
+                pin_memory=pin,
+            )
+            train_stats = _run_epoch(
+                model, loader, loss_fn, optimizer, device, reporter, "train", batches, epoch
+            )
+            metrics: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": train_stats.loss,
+                "train_accuracy": train_stats.accuracy,
+            }
+            if val_data is not None and len(val_data) > 0:  # type: ignore[arg-type]
+                val_loader = DataLoader(
+                    val_data,
+                    batch_size=batch_size,
+                    shuffle=False,
+                    num_workers=num_workers,
+                    pin_memory=pin,
+                )
+                val_stats = _run_epoch(
+                    model,
+                    val_loader,
+                    loss_fn,
+                    None,
+                    device,
+                    reporter,
+                    "val",
+                    len(val_loader),
+                    epoch,
+                )
+                metrics["val_loss"] = val_stats.loss
+                metrics["val_accuracy"] = val_stats.accuracy
+            metrics["learning_rate"] = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step()
+
+            if monitor in metrics:
+                score = metrics[monitor]
+            elif val_data is None:  # nothing to validate on: train loss decides
+                score, minimize = metrics["train_loss"], True
+            else:
+                raise InflameError(
+                    f"Cannot monitor `{monitor}`: each epoch reports {', '.join(metrics)}."
+                )
+            if _is_better(score, state.best_score, minimize):
+                state.best_score, state.best_epoch = score, epoch + 1
+                state.bad_epochs = 0
+                best_state = _state_copy(model)
+            else:
+                state.bad_epochs += 1
+            if early_stopping_patience and state.bad_epochs >= early_stopping_patience:
+                state.stopped_early = True
+
+            metrics["images_per_second"] = train_stats.seen / max(train_stats.seconds, 1e-9)
+            metrics["seconds"] = train_stats.seconds
+            history.append(metrics)
+            ctx.log_metrics(metrics)  # committed by the checkpoint below
+            state.epoch = epoch + 1
+            state.model = model.state_dict()
+            state.optimizer = optimizer.state_dict()
+            state.scheduler = scheduler.state_dict() if scheduler is not None else None
+            state.best_model = None if state.best_epoch == epoch + 1 else best_state
+            state.history = history
+            if ctx.is_main:
+                save_checkpoint(ctx.checkpoint_dir, state, keep=keep_checkpoints)
+            reporter.epoch_end(epoch + 1, metrics)
+            if state.stopped_early:
+                reporter.message(
+                    f"early stopping: `{monitor}` did not improve for "
+                    f"{early_stopping_patience} epochs; best epoch {state.best_epoch}"
+                )
+    finally:
+        reporter.close()
+
+    model.load_state_dict(best_state)
+    best = next((h for h in history if h["epoch"] == state.best_epoch), {})
+    return FitResult(
+        model=model,
+        best_epoch=state.best_epoch,
+        best_metrics=best,
+        epochs_completed=state.epoch,
+        stopped_early=state.stopped_early,
+        history=history,
+    )
+
+
+def _run_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer | None,
+    device: torch.device,
+    reporter: Reporter,
+    phase: str,
+    batches: int,
+    epoch: int,
+) -> _EpochStats:
+    training = optimizer is not None
+    model.train(training)
+    stats = _EpochStats()
+    reporter.phase(phase, batches)
+    start = time.perf_counter()
+    with torch.set_grad_enabled(training):
+        for step, (inputs, targets) in enumerate(loader):
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            outputs = model(inputs)
+            loss = loss_fn(outputs, targets)
+            if not torch.isfinite(loss):
+                raise InflameError(
+                    f"The {phase} loss became {loss.item()} at epoch {epoch + 1}, batch "
+                    f"{step + 1}. Lower `learning_rate` (or check the data) and train again."
+                )
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            n = targets.shape[0]
+            correct = _count_correct(outputs.detach(), targets)
+            stats.add(loss.item(), correct, n)
+            reporter.batch(n, stats.loss, stats.accuracy)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 64,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Loss and accuracy of `model` on `dataset` (e.g. a held-out test set)."""
+    from inflame.training.progress import SilentReporter
+
+    device = device or next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    stats = _run_epoch(
+        model,
+        loader,
+        loss_fn or nn.CrossEntropyLoss(),
+        None,
+        device,
+        SilentReporter(),
+        "test",
+        len(loader),
+        0,
+    )
+    return {"loss": stats.loss, "accuracy": stats.accuracy}

@@ -1,0 +1,200 @@
+"""Image-classifier helpers for apps and for `predict`: torchvision backbones with a new
+head, transforms, and the self-describing model folder (safetensors + model.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from inflame.errors import InflameError, RunError, did_you_mean
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "model.json"
+MODEL_FORMAT = "inflame.image_classifier/1"
+
+
+def classification_models() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)  # no arbitrary pickle
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InflameError(f"Weights file {path} does not hold a state dict.")
+    return state
+
+
+def build_backbone(architecture: str, pretrained: bool | str | Path = False) -> nn.Module:
+    """A torchvision classification model with its original head.
+
+    pretrained: False (random init), True (torchvision's default ImageNet weights, downloaded
+    once into the torch hub cache), or a local weights file (.safetensors, or a .pth/.pt
+    state dict loaded with weights_only=True).
+    """
+    import torchvision
+
+    names = classification_models()
+    if architecture not in names:
+        hint = did_you_mean(architecture, names)
+        raise InflameError(
+            f"Unknown architecture `{architecture}`.{hint}"
+            f" Any torchvision classification model works, e.g. resnet18, "
+            "resnet50, mobilenet_v3_small, efficientnet_b0."
+        )
+    if pretrained is True:
+        weights = torchvision.models.get_model_weights(architecture).DEFAULT
+        try:
+            return torchvision.models.get_model(architecture, weights=weights)
+        except Exception as exc:  # typically no network
+            raise InflameError(
+                f"Could not load pretrained ImageNet weights for {architecture} ({exc}). "
+                "They are downloaded once into the torch hub cache, which needs network access; "
+                "offline, set `pretrained` to a local weights file or to false."
+            ) from None
+    model = torchvision.models.get_model(architecture, weights=None)
+    if pretrained:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise InflameError(
+                f"Pretrained weights file {path} does not exist. Set "
+                "`pretrained` to true, false or an existing weights file."
+            )
+        try:
+            model.load_state_dict(_load_state_file(path))
+        except (RuntimeError, KeyError, OSError) as exc:
+            raise InflameError(
+                f"Weights file {path} does not fit {architecture}: {str(exc).splitlines()[0]}"
+            ) from None
+    return model
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Linear:
+    """Swap the last Linear layer for one with `num_classes` outputs; return the new layer."""
+    last_name = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last_name = name
+    if last_name is None:
+        raise InflameError(f"{type(model).__name__} has no Linear classification head to replace.")
+    parent_name, _, attr = last_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    head = nn.Linear(old.in_features, num_classes)
+    setattr(parent, attr, head)
+    return head
+
+
+def build_classifier(
+    architecture: str,
+    num_classes: int,
+    *,
+    pretrained: bool | str | Path = False,
+    freeze_backbone: bool = False,
+) -> nn.Module:
+    """A backbone (optionally pretrained and frozen) with a fresh `num_classes` head."""
+    model = build_backbone(architecture, pretrained)
+    head = replace_head(model, num_classes)
+    if freeze_backbone:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for param in head.parameters():
+            param.requires_grad_(True)
+    return model
+
+
+def train_transform(
+    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Any:
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.RandomResizedCrop(image_size, scale=(0.7, 1.0), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def eval_transform(
+    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Any:
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.Resize(round(image_size * 8 / 7), antialias=True),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def save_classifier(
+    model: nn.Module,
+    folder: str | Path,
+    *,
+    architecture: str,
+    classes: Sequence[str],
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Path:
+    """Write folder/weights.safetensors and folder/model.json: all `predict` needs."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    weights = folder / WEIGHTS_FILE
+    tmp = weights.with_name(f".{WEIGHTS_FILE}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, weights)
+    meta = {
+        "format": MODEL_FORMAT,
+        "architecture": architecture,
+        "classes": list(classes),
+        "preprocessing": {
+            "image_size": image_size,
+            "resize": round(image_size * 8 / 7),
+            "mean": list(mean),
+            "std": list(std),
+        },
+    }
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return weights
+
+
+def load_classifier(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved classifier (eval mode, CPU) and return it with its metadata."""
+    folder = Path(folder)
+    meta_path, weights = folder / META_FILE, folder / WEIGHTS_FILE
+    if not meta_path.is_file() or not weights.is_file():
+        raise RunError(
+            f"{folder} holds no trained model ({META_FILE} and {WEIGHTS_FILE}). "
+            "Is the run finished? `inflame runs` lists runs and their status."
+        )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != MODEL_FORMAT:
+        raise RunError(
+            f"{meta_path} is not an inflame image classifier (format {meta.get('format')!r})."
+        )
+    model = build_classifier(meta["architecture"], len(meta["classes"]))
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+    return model, meta

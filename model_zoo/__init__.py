@@ -1,0 +1,1 @@
+"""Ready apps for inflame: each sub-folder holds an app.py and its job specs."""

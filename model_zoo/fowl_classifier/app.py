@@ -1,0 +1,146 @@
+"""Fowl classifier: transfer learning for any class-per-folder image set.
+
+Named for its first data set (chicken vs turkey), it trains any torchvision classification
+backbone with a fresh head on any number of classes. Run it with
+`inflame train --local job.toml`, or on its own with `python app.py [SPEC]`.
+"""
+
+from __future__ import annotations
+
+from inflame import Context, HParam, run_app
+from inflame.hparams import non_negative, positive
+
+
+def _at_least_16(value: int) -> None:
+    if value < 16:
+        raise ValueError(f"must be at least 16, got {value}")
+
+
+HPARAMS = (
+    HParam(
+        "architecture",
+        str,
+        "resnet18",
+        "Any torchvision classification model: resnet18, resnet50, mobilenet_v3_small, "
+        "efficientnet_b0, …",
+    ),
+    HParam(
+        "pretrained",
+        (bool, str),
+        True,
+        "true: torchvision's ImageNet weights (downloaded once); false: random init; or a "
+        "local weights file (.safetensors or a .pth state dict), relative to the spec.",
+    ),
+    HParam("freeze_backbone", bool, False, "Train only the new classification head."),
+    HParam("epochs", int, 10, "Maximum number of epochs.", check=positive),
+    HParam("batch_size", int, 32, "Images per batch.", check=positive),
+    HParam("learning_rate", float, 0.01, "Initial learning rate.", check=positive),
+    HParam("momentum", float, 0.9, "SGD momentum (AdamW: beta1).", check=non_negative),
+    HParam("weight_decay", float, 1e-4, "Weight decay.", check=non_negative),
+    HParam("optimizer", str, "sgd", "sgd or adamw.", choices=("sgd", "adamw")),
+    HParam(
+        "lr_schedule",
+        str,
+        "cosine",
+        "cosine (to zero over `epochs`) or constant.",
+        choices=("cosine", "constant"),
+    ),
+    HParam("image_size", int, 224, "Side of the square input, in pixels.", check=_at_least_16),
+    HParam(
+        "early_stopping_patience",
+        int,
+        3,
+        "Stop after this many epochs without a better val_loss; 0 disables.",
+        check=non_negative,
+    ),
+    HParam(
+        "num_workers",
+        int,
+        2,
+        "Data-loading worker processes (0: load in the main one).",
+        check=non_negative,
+    ),
+)
+
+
+def train(ctx: Context) -> None:
+    import torch
+
+    from inflame.data.dataset import ImageFolderDataset
+    from inflame.training import evaluate, fit
+    from inflame.vision import build_classifier, eval_transform, save_classifier, train_transform
+
+    hp = ctx.hparams
+    size = hp["image_size"]
+    train_set = ImageFolderDataset(
+        ctx.data["train"], train_transform(size), bad_images=ctx.bad_images
+    )
+
+    def held_out(name: str) -> ImageFolderDataset | None:
+        """The val or test set, if the spec has one, with the training set's classes."""
+        if name not in ctx.data:
+            return None
+        return ImageFolderDataset(
+            ctx.data[name],
+            eval_transform(size),
+            classes=train_set.classes,
+            bad_images=ctx.bad_images,
+        )
+
+    val_set = held_out("val")
+
+    pretrained = hp["pretrained"]
+    if isinstance(pretrained, str):
+        pretrained = ctx.resolve_path(pretrained)
+        ctx.record_input("pretrained_weights", pretrained)
+    model = build_classifier(
+        hp["architecture"],
+        len(train_set.classes),
+        pretrained=pretrained,
+        freeze_backbone=hp["freeze_backbone"],
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if hp["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(
+            params, lr=hp["learning_rate"], momentum=hp["momentum"], weight_decay=hp["weight_decay"]
+        )
+    else:
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=hp["learning_rate"],
+            betas=(hp["momentum"], 0.999),
+            weight_decay=hp["weight_decay"],
+        )
+    scheduler = None
+    if hp["lr_schedule"] == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp["epochs"])
+
+    result = fit(
+        ctx,
+        model,
+        train_set,
+        val_set,
+        epochs=hp["epochs"],
+        batch_size=hp["batch_size"],
+        optimizer=optimizer,
+        scheduler=scheduler,
+        early_stopping_patience=hp["early_stopping_patience"] or None,
+        num_workers=hp["num_workers"],
+    )
+
+    test_set = held_out("test")
+    if test_set is not None:
+        scores = evaluate(result.model, test_set, batch_size=hp["batch_size"])
+        ctx.log_metrics({"test_loss": scores["loss"], "test_accuracy": scores["accuracy"]})
+    if ctx.is_main:
+        save_classifier(
+            result.model,
+            ctx.output_dir,
+            architecture=hp["architecture"],
+            classes=train_set.classes,
+            image_size=size,
+        )
+
+
+if __name__ == "__main__":
+    run_app(__file__)

@@ -1,0 +1,101 @@
+"""Shared fixtures: a loopback-only network guard, tiny generated image sets, tiny specs,
+and a helper that runs the real `inflame` CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from inflame import tomlfile
+from inflame.data.demo import make_demo_dataset
+
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any connection outside 127.0.0.1/::1 fails the test."""
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: object) -> object:
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not str(host).startswith(_LOOPBACK):
+            raise AssertionError(f"test tried to reach {address}: only loopback is allowed")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="session")
+def demo_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes x 20 images of 32 px, split 0.6/0.2/0.2 (12/4/4 per class)."""
+    root = tmp_path_factory.mktemp("data") / "demo"
+    make_demo_dataset(root, per_class=20, image_size=32, seed=7, ratios=(0.6, 0.2, 0.2))
+    return root
+
+
+TINY_HPARAMS = {
+    "architecture": "resnet18",
+    "pretrained": False,
+    "optimizer": "adamw",
+    "learning_rate": 0.001,
+    "epochs": 2,
+    "batch_size": 8,
+    "image_size": 32,
+    "num_workers": 0,
+    "early_stopping_patience": 0,
+}
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path, demo_set: Path) -> Callable[..., Path]:
+    """Write a spec for the fowl classifier on the tiny demo set; keyword args patch tables."""
+
+    def write(name: str = "job.toml", **tables: dict) -> Path:
+        spec = {
+            "job": {"name": "tiny", "app": "fowl_classifier", "seed": 3},
+            "data": {
+                "train": str(demo_set / "train"),
+                "val": str(demo_set / "val"),
+                "test": str(demo_set / "test"),
+            },
+            "hyperparameters": dict(TINY_HPARAMS),
+        }
+        for table, values in tables.items():
+            spec.setdefault(table, {}).update(values)
+        path = tmp_path / name
+        path.write_text(tomlfile.dumps(spec), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `python -m inflame ARGS` in tmp_path with runs kept under tmp_path/runs."""
+
+    def run(
+        *args: str | Path, check: bool = False, cwd: Path | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "INFLAME_RUNS_DIR": str(tmp_path / "runs"), "COLUMNS": "200"}
+        result = subprocess.run(
+            [sys.executable, "-m", "inflame", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=cwd or tmp_path,
+            env=env,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"inflame {args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    return run

@@ -1,0 +1,148 @@
+"""The training loop and its checkpoints, in-process on tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from inflame.errors import InflameError
+from inflame.runtime import Context, DataInputs, MetricsLog
+from inflame.training import fit, seed_everything
+from inflame.training.checkpoint import (
+    TrainingState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def make_ctx(tmp_path: Path, seed: int = 0) -> Context:
+    return Context(
+        job_name="t",
+        data=DataInputs({}),
+        output_dir=tmp_path / "model",
+        checkpoint_dir=tmp_path / "checkpoints",
+        hparams={},
+        seed=seed,
+        run_dir=tmp_path,
+        metrics=MetricsLog(tmp_path / "metrics.jsonl"),
+    )
+
+
+def make_data(n: int = 48, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return TensorDataset(x, y)
+
+
+def make_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3)
+    )
+
+
+def run_fit(tmp_path: Path, epochs: int, **kwargs):
+    seed_everything(0)
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=kwargs.pop("lr", 0.05))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    return fit(
+        make_ctx(tmp_path),
+        model,
+        make_data(),
+        make_data(24, seed=1),
+        epochs=epochs,
+        batch_size=8,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        **kwargs,
+    )
+
+
+def weights(model: nn.Module) -> list[torch.Tensor]:
+    return [v.clone() for v in model.state_dict().values()]
+
+
+def test_fit_learns_logs_and_checkpoints(tmp_path: Path):
+    result = run_fit(tmp_path, epochs=4)
+    assert result.epochs_completed == 4 and len(result.history) == 4
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_epoch == min(result.history, key=lambda h: h["val_loss"])["epoch"]
+    assert [e for e, _ in list_checkpoints(tmp_path / "checkpoints")] == [3, 4]  # keep=2
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and '"val_accuracy"' in lines[0]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if ".tmp" in p.name]
+
+
+def test_resume_from_any_epoch_matches_an_uninterrupted_run(tmp_path: Path):
+    full = weights(run_fit(tmp_path / "full", epochs=5).model)
+    run_fit(tmp_path / "part", epochs=5)
+    # drop the later checkpoints: as if the run had been killed after epoch 2
+    for _, path in list_checkpoints(tmp_path / "part" / "checkpoints"):
+        path.unlink()
+    save_checkpoint(tmp_path / "part" / "checkpoints", _state_at(tmp_path, 2))
+    resumed = run_fit(tmp_path / "part", epochs=5)
+    assert resumed.epochs_completed == 5
+    assert all(torch.equal(a, b) for a, b in zip(full, weights(resumed.model), strict=True))
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 5  # stale lines for epochs 3-5 were dropped, then re-logged
+
+
+def _state_at(tmp_path: Path, epoch: int) -> TrainingState:
+    run_fit(tmp_path / f"to{epoch}", epochs=epoch)
+    return latest_checkpoint(tmp_path / f"to{epoch}" / "checkpoints")
+
+
+def test_checkpoint_round_trip_keeps_optimizer_and_best_model(tmp_path: Path):
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 6)).sum().backward()
+    optimizer.step()
+    best = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    state = TrainingState(
+        epoch=3,
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        best_epoch=1,
+        best_score=0.5,
+        best_model=best,
+        bad_epochs=2,
+        history=[{"epoch": 1}],
+    )
+    loaded = load_checkpoint(save_checkpoint(tmp_path, state))
+    assert (loaded.epoch, loaded.best_epoch, loaded.bad_epochs) == (3, 1, 2)
+    assert all(torch.equal(loaded.model[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(loaded.best_model[k], v) for k, v in best.items())
+    fresh = torch.optim.Adam(make_model().parameters())
+    fresh.load_state_dict(loaded.optimizer)
+    original = optimizer.state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], original)
+
+
+def test_early_stopping_stops_and_stays_stopped_on_resume(tmp_path: Path):
+    result = run_fit(
+        tmp_path, epochs=10, lr=1e-12, early_stopping_patience=2, monitor="val_accuracy"
+    )
+    assert result.stopped_early and result.epochs_completed < 10
+    again = run_fit(
+        tmp_path, epochs=10, lr=1e-12, early_stopping_patience=2, monitor="val_accuracy"
+    )
+    assert again.epochs_completed == result.epochs_completed
+
+
+def test_diverging_loss_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(InflameError, match="Lower `learning_rate`"):
+        run_fit(tmp_path, epochs=2, lr=1e30)
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch-0001.safetensors").write_bytes(b"junk")
+    with pytest.raises(InflameError, match="Cannot read checkpoint"):
+        run_fit(tmp_path, epochs=2)
