@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from inflame.hashing import sha256_file
 from tests.helpers import assert_clean_error
@@ -88,13 +89,16 @@ def test_train_then_predict(cli, write_spec, demo_set: Path, tmp_path: Path):
 
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (9000, 9000)).save(bomb)  # 81 megapixels in a few kB
     good = next((demo_set / "test" / "circle").iterdir())
-    mixed = cli("predict", bad, good, tmp_path / "missing.png", "--run", "latest")
+    mixed = cli("predict", bad, good, tmp_path / "missing.png", bomb, "--run", "latest")
     assert mixed.returncode == 1 and "Traceback" not in mixed.stderr
     answers = [json.loads(x) for x in mixed.stdout.splitlines()]
-    assert [("error" in a) for a in answers] == [True, False, True]
+    assert [("error" in a) for a in answers] == [True, False, True, True]
     assert answers[1]["image"] == str(good) and answers[1]["label"] in CLASSES
-    assert "2 of 3 input(s) could not be labelled" in mixed.stderr
+    assert "decompression-bomb guard" in answers[3]["error"]
+    assert "3 of 4 input(s) could not be labelled" in mixed.stderr
 
     listing = cli("runs", "--json", check=True)
     [row] = [json.loads(x) for x in listing.stdout.splitlines()]

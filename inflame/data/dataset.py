@@ -35,8 +35,10 @@ class ImageFolderDataset(Dataset):
         self.classes, samples = scan_image_folder(self.root, classes)
         self.samples, self.skipped = drop_bad_images(self.root, samples, bad_images, max_pixels)
         if self.skipped:
-            print(f"warning: skipped {len(self.skipped)} unreadable image(s) in {self.root}",
-                  file=sys.stderr)
+            print(
+                f"warning: skipped {len(self.skipped)} unreadable image(s) in {self.root}",
+                file=sys.stderr,
+            )
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -54,8 +54,10 @@ def draw_shape(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
     else:
         corners = 4 if kind == "square" else 3
         points = [
-            (cx + radius * math.cos(angle + 2 * math.pi * k / corners),
-             cy + radius * math.sin(angle + 2 * math.pi * k / corners))
+            (
+                cx + radius * math.cos(angle + 2 * math.pi * k / corners),
+                cy + radius * math.sin(angle + 2 * math.pi * k / corners),
+            )
             for k in range(corners)
         ]
         draw.polygon(points, fill=colour)
@@ -65,8 +67,13 @@ def draw_shape(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
-def generate_images(destination: Path, per_class: int, image_size: int, seed: int,
-                    classes: Sequence[str] = DEMO_CLASSES) -> dict[str, int]:
+def generate_images(
+    destination: Path,
+    per_class: int,
+    image_size: int,
+    seed: int,
+    classes: Sequence[str] = DEMO_CLASSES,
+) -> dict[str, int]:
     """Write destination/<class>/<class>-NNNN.jpg; returns files per class."""
     for label, kind in enumerate(classes):
         folder = destination / kind
@@ -93,8 +100,10 @@ def make_demo_dataset(
     if per_class < 1 or image_size < 8:
         raise DataError("The demo set needs --per-class >= 1 and --image-size >= 8.")
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise DataError(f"Destination {destination} already exists and is not empty; "
-                        "refusing to overwrite. Choose a new folder or remove it first.")
+        raise DataError(
+            f"Destination {destination} already exists and is not empty; "
+            "refusing to overwrite. Choose a new folder or remove it first."
+        )
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".demo-", dir=destination.parent) as tmp:
         raw = Path(tmp) / "all"

@@ -51,7 +51,9 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UnreadableImage(f"{path}: refused as a possible decompression bomb ({exc}).") from None
+        raise UnreadableImage(
+            f"{path}: refused as a possible decompression bomb (decompression-bomb guard: {exc})."
+        ) from None
     except FileNotFoundError:
         raise UnreadableImage(f"{path}: no such file.") from None
     except IsADirectoryError:
@@ -84,7 +86,7 @@ def find_bad_images(paths: Sequence[Path], max_pixels: int = MAX_PIXELS) -> list
     """Every path that does not decode, with the reason (checked on a few threads)."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         reasons = list(pool.map(lambda p: check_image(p, max_pixels), paths))
-    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+    return [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
 
 
 def scan_image_folder(
@@ -117,8 +119,9 @@ def scan_image_folder(
         files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
         samples.extend(Sample(p, label) for p in files)
     if not samples:
-        raise DataError(f"Image folder {root} holds no images "
-                        f"({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        raise DataError(
+            f"Image folder {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})."
+        )
     return list(classes), samples
 
 
@@ -134,7 +137,7 @@ def drop_bad_images(
         more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise DataError(
             f"{len(bad)} unreadable image(s) in {root}: {shown}{more}. Remove or replace them, "
-            "or set `bad_images = \"skip\"` under [job] (or `--set job.bad_images=skip`) to "
+            'or set `bad_images = "skip"` under [job] (or `--set job.bad_images=skip`) to '
             "train without them."
         )
     bad_paths = {p for p, _ in bad}

@@ -27,8 +27,9 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     try:
         ratios = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise InflameError(f"Invalid --ratios {text!r}: expected numbers like 0.8,0.1,0.1.") \
-            from None
+        raise InflameError(
+            f"Invalid --ratios {text!r}: expected numbers like 0.8,0.1,0.1."
+        ) from None
     if len(ratios) not in (2, 3) or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
         raise InflameError(
             f"Invalid --ratios {text!r}: give 2 or 3 non-negative numbers (train,val[,test]) "
@@ -60,26 +61,28 @@ def plan_split(
         files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
         random.Random(f"{seed}/{folder.name}").shuffle(files)
         start = 0
-        for name, count in zip(plan, allocate(len(files), ratios)):
+        for name, count in zip(plan, allocate(len(files), ratios), strict=True):
             plan[name][folder.name] = files[start : start + count]
             start += count
     return plan
 
 
-def split_dataset(source: str | Path, destination: str | Path, ratios: Sequence[float],
-                  seed: int = 0) -> SplitReport:
+def split_dataset(
+    source: str | Path, destination: str | Path, ratios: Sequence[float], seed: int = 0
+) -> SplitReport:
     """Copy SRC/<class>/* into DST/{train,val,test}/<class>/. Refuses to overwrite; builds
     the result in a temporary folder beside DST and renames it, so nothing is half-written."""
     source, destination = Path(source), Path(destination)
     if not source.is_dir():
         raise DataError(f"Source folder {source} does not exist or is not a directory.")
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise DataError(f"Destination {destination} already exists and is not empty; "
-                        "refusing to overwrite. Choose a new folder or remove it first.")
+        raise DataError(
+            f"Destination {destination} already exists and is not empty; "
+            "refusing to overwrite. Choose a new folder or remove it first."
+        )
     plan = plan_split(source, ratios, seed)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-",
-                                    dir=destination.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
     try:
         counts: dict[str, dict[str, int]] = {}
         for split, classes in plan.items():
