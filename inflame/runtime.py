@@ -23,6 +23,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from inflame.spec import JobSpec
 
 
+class MissingDataInput(InflameError, KeyError):
+    """The app asked for a data input the spec does not have (still a KeyError, so that
+    `name in ctx.data` and `ctx.data.get(name)` work)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class DataInputs(Mapping[str, Path]):
     """Named local data directories. Asking for a missing name is a clear error."""
 
@@ -35,7 +43,7 @@ class DataInputs(Mapping[str, Path]):
             return self._paths[name]
         except KeyError:
             have = ", ".join(self._paths) or "none"
-            raise InflameError(
+            raise MissingDataInput(
                 f"The app needs data input `{name}`, but [data] in {self._where} has only: "
                 f'{have}.{did_you_mean(name, self._paths)} Add `{name} = "PATH"` under [data] '
                 f"or pass `--set data.{name}=PATH`."

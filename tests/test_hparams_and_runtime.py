@@ -72,6 +72,7 @@ def test_missing_data_input_names_what_exists():
     with pytest.raises(InflameError) as info:
         data["vall"]
     assert "has only: train" in str(info.value) and "--set data.vall=PATH" in str(info.value)
+    assert "train" in data and "test" not in data and data.get("test") is None
 
 
 def _spec(tmp_path: Path, data: str) -> Path:
