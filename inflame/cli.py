@@ -387,6 +387,195 @@ def init(
     print(destination)
 
 
+@app.command()
+def submit(
+    spec: Annotated[Path, typer.Argument(help="Job spec (TOML).", show_default=False)],
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="sagemaker (azure and vertex: planned).")
+    ],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", metavar="SECTION.KEY=VALUE", help="Override a spec value (repeatable)."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the exact request; no credentials, no network.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="With --dry-run, also write the request to this file."),
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Poll until the job ends.")] = False,
+    follow_logs: Annotated[
+        bool, typer.Option("--follow", help="Stream the job's logs until it ends.")
+    ] = False,
+    again: Annotated[
+        bool,
+        typer.Option("--again", help="Submit even if the same spec and code are already running."),
+    ] = False,
+) -> None:
+    """Package the app and run it as a cloud GPU training job."""
+    from inflame.submit import plan_submission
+
+    plan = plan_submission(spec, target, overrides or [])
+    console = _stderr()
+    _print_summary(plan.summary)
+    for warning in plan.bundle.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if plan.bundle.excluded_secrets:
+        console.print(
+            f"left {len(plan.bundle.excluded_secrets)} secret-looking file(s) out of "
+            "the code bundle"
+        )
+    if dry_run:
+        print(plan.rendered)
+        if output is not None:
+            output.write_text(plan.rendered + "\n", encoding="utf-8")
+            console.print(f"wrote {output}")
+        return
+    from inflame.ledger import Ledger
+    from inflame.submit import follow, submit_plan
+
+    ledger = Ledger()
+    record = submit_plan(plan, ledger, again=again)
+    console.print(f"submitted {record.provider_id} (ledger id {record.id})")
+    console.print(f"console: {record.console_url}")
+    print(record.provider_id)
+    if wait or follow_logs:
+        state = follow(record, ledger, logs=follow_logs)
+        console.print(f"{record.provider_id}: {state.provider_state} {state.message}".rstrip())
+        if state.state != "completed":
+            raise typer.Exit(1)
+
+
+def _print_summary(summary: dict[str, str]) -> None:
+    from rich.table import Table
+
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in summary.items():
+        table.add_row(key, value)
+    _stderr().print(table)
+
+
+@app.command()
+def jobs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List submitted jobs (the ledger): id, target, name, status, submitted, spec hash."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from inflame.ledger import Ledger
+
+    records = Ledger().all()
+    if as_json:
+        for r in records:
+            print(
+                json.dumps(
+                    {
+                        "id": r.id,
+                        "target": r.target,
+                        "name": r.name,
+                        "provider_id": r.provider_id,
+                        "status": r.status,
+                        "submitted": r.submitted_at,
+                        "spec_sha256": r.spec_sha256,
+                        "bundle_sha256": r.bundle_sha256,
+                    }
+                )
+            )
+        return
+    table = Table(title="Submitted jobs")
+    for column in ("id", "target", "name", "status", "submitted", "spec"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        table.add_row(
+            str(r.id),
+            r.target,
+            r.provider_id or r.name,
+            r.status,
+            r.submitted_at,
+            r.spec_sha256[:12],
+        )
+    Console().print(table)
+
+
+JobRef = Annotated[str, typer.Argument(help="Ledger id or job name, as `submit` printed.")]
+
+
+@app.command()
+def status(job: JobRef) -> None:
+    """Ask the provider for a job's status."""
+    from inflame.ledger import Ledger
+    from inflame.submit import refresh
+
+    ledger = Ledger()
+    record = ledger.find(job)
+    state = refresh(record, ledger)
+    print(
+        json.dumps(
+            {
+                "id": record.id,
+                "job": record.provider_id,
+                "target": record.target,
+                "state": state.state,
+                "provider_state": state.provider_state,
+                "message": state.message,
+                "model": state.model_uri,
+            }
+        )
+    )
+
+
+@app.command()
+def logs(
+    job: JobRef,
+    follow_logs: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends.")
+    ] = False,
+) -> None:
+    """Print a job's logs."""
+    from inflame.ledger import Ledger
+    from inflame.submit import follow, job_logs
+
+    ledger = Ledger()
+    record = ledger.find(job)
+    if follow_logs:
+        follow(record, ledger, logs=True)
+    else:
+        for line in job_logs(record):
+            print(line)
+
+
+@app.command()
+def cancel(job: JobRef) -> None:
+    """Stop a running job."""
+    from inflame.ledger import Ledger
+    from inflame.submit import cancel as cancel_job
+
+    ledger = Ledger()
+    record = ledger.find(job)
+    cancel_job(record, ledger)
+    _stderr().print(f"stopping {record.provider_id}")
+
+
+@app.command()
+def download(
+    job: JobRef,
+    destination: Annotated[Path, typer.Argument(help="New local run directory.")],
+) -> None:
+    """Fetch a finished job's run (manifest, metrics, model) for `inflame predict`."""
+    from inflame.ledger import Ledger
+    from inflame.submit import download as download_job
+
+    run_dir = download_job(Ledger().find(job), destination)
+    _stderr().print(f"predict with `inflame predict IMAGE --run {run_dir}`")
+    print(run_dir)
+
+
 def main() -> None:
     """Console entry point: user errors become one paragraph on stderr, no traceback."""
     try:

@@ -8,7 +8,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from inflame.apps import APP_FILE, App, find_app, load_app
 from inflame.errors import InflameError, RunError, RunInterrupted
 from inflame.hashing import sha256_file, tree_digest, tree_hashes
 from inflame.hparams import resolve_hparams
+from inflame.platforms import job_paths
 from inflame.runs import (
     MANIFEST,
     SPEC_FILE,
@@ -30,7 +31,14 @@ from inflame.runs import (
     utc_now,
     write_json_atomic,
 )
-from inflame.runtime import local_context, require_local_data
+from inflame.runtime import (
+    Context,
+    DataInputs,
+    MetricsLog,
+    distributed_ranks,
+    local_context,
+    require_local_data,
+)
 from inflame.spec import JobSpec, load_spec
 
 
@@ -98,6 +106,82 @@ def _check_resumable(
         )
 
 
+def _app_files(app: App) -> dict[str, str]:
+    if app.file.name == APP_FILE:
+        return tree_hashes(app.folder)
+    return {app.file.name: sha256_file(app.file)}
+
+
+def _new_manifest(
+    spec: JobSpec,
+    app: App,
+    data: dict[str, Any],
+    overrides: Sequence[str],
+    argv: Sequence[str] | None,
+) -> dict[str, Any]:
+    app_files = _app_files(app)
+    return {
+        "format": "inflame.run/1",
+        "job": {"name": spec.job.name, "description": spec.job.description},
+        "created": utc_now(),
+        "command": list(argv) if argv is not None else sys.argv,
+        "spec": {
+            "path": str(spec.path),
+            "folder": str(spec.folder),
+            "sha256": spec.source_sha256,
+            "resolved_sha256": spec.resolved_sha256,
+            "overrides": list(overrides),
+        },
+        "app": {
+            "name": app.name,
+            "ref": spec.job.app,
+            "file": str(app.file),
+            "sha256": tree_digest(app_files),
+            "files": app_files,
+        },
+        "seed": spec.job.seed,
+        "hyperparameters": spec.hyperparameters,
+        "data": data,
+    }
+
+
+def _execute(
+    app: App, ctx: Context, run_dir: Path, manifest: dict[str, Any], resume_hint: str
+) -> TrainResult:
+    """Run app.train(ctx), recording running / interrupted / failed / completed."""
+    manifest.update(
+        status="running", pid=os.getpid(), host=platform.node(), environment=environment_info()
+    )
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    from inflame.training.seeding import seed_everything
+
+    seed_everything(ctx.seed)
+    try:
+        app.train(ctx)
+    except KeyboardInterrupt:
+        manifest.update(status="interrupted", finished=utc_now())
+        write_json_atomic(run_dir / MANIFEST, manifest)
+        raise RunInterrupted(
+            f"Interrupted. The run keeps its last checkpoint; {resume_hint}."
+        ) from None
+    except BaseException as exc:
+        manifest.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
+        write_json_atomic(run_dir / MANIFEST, manifest)
+        raise
+    outputs = hash_outputs(run_dir)
+    manifest.update(
+        status="completed",
+        finished=utc_now(),
+        environment=environment_info(),
+        extra_inputs=ctx.recorded_inputs,
+        outputs=outputs,
+        weights_sha256=outputs.get("weights.safetensors"),
+    )
+    manifest.pop("error", None)
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    return TrainResult(run_dir=run_dir, manifest=manifest)
+
+
 def train_local(
     spec_path: str | Path | None,
     overrides: Sequence[str] = (),
@@ -123,25 +207,19 @@ def train_local(
     spec, app = job.spec, job.app
     require_local_data(spec)
     data = hash_data_inputs({name: item.path for name, item in spec.data.items()})
-    app_files = (
-        tree_hashes(app.folder)
-        if app.file.name == APP_FILE
-        else {app.file.name: sha256_file(app.file)}
-    )
 
     if resume_dir is not None and previous is not None:
         _check_resumable(resume_dir, previous, spec, data)
         target, manifest = resume_dir, previous
         spec_dir = Path(previous["spec"]["folder"])
-        if previous["app"]["sha256"] != tree_digest(app_files):
+        app_sha256 = tree_digest(_app_files(app))
+        if previous["app"]["sha256"] != app_sha256:
             print(
                 f"warning: the app's code changed since {target.name} started; the resumed "
                 "run may not match one that never stopped",
                 file=sys.stderr,
             )
-        manifest.setdefault("resumed", []).append(
-            {"at": utc_now(), "app_sha256": tree_digest(app_files)}
-        )
+        manifest.setdefault("resumed", []).append({"at": utc_now(), "app_sha256": app_sha256})
     else:
         if run_dir is not None:
             target = Path(run_dir)
@@ -154,66 +232,57 @@ def train_local(
         else:
             target = new_run_dir(runs_root, spec.job.name, spec.resolved_sha256)
         spec_dir = spec.folder
-        manifest = {
-            "format": "inflame.run/1",
-            "job": {"name": spec.job.name, "description": spec.job.description},
-            "created": utc_now(),
-            "command": list(argv) if argv is not None else sys.argv,
-            "spec": {
-                "path": str(spec.path),
-                "folder": str(spec.folder),
-                "sha256": spec.source_sha256,
-                "resolved_sha256": spec.resolved_sha256,
-                "overrides": list(overrides),
-            },
-            "app": {
-                "name": app.name,
-                "ref": spec.job.app,
-                "file": str(app.file),
-                "sha256": tree_digest(app_files),
-                "files": app_files,
-            },
-            "seed": spec.job.seed,
-            "hyperparameters": spec.hyperparameters,
-            "data": data,
-        }
+        manifest = _new_manifest(spec, app, data, overrides, argv)
         (target / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")
 
-    manifest.update(
-        status="running", pid=os.getpid(), host=platform.node(), environment=environment_info()
-    )
-    write_json_atomic(target / MANIFEST, manifest)
-
-    from inflame.training.seeding import seed_everything
-
-    seed_everything(spec.job.seed)
     ctx = local_context(spec, spec.hyperparameters, target)
     ctx.spec_dir = spec_dir
-    try:
-        app.train(ctx)
-    except KeyboardInterrupt:
-        manifest.update(status="interrupted", finished=utc_now())
-        write_json_atomic(target / MANIFEST, manifest)
-        raise RunInterrupted(
-            f"Interrupted. The run keeps its last checkpoint; continue it with "
-            f"`inflame train --local --resume {target}`."
-        ) from None
-    except BaseException as exc:
-        manifest.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
-        write_json_atomic(target / MANIFEST, manifest)
-        raise
-    outputs = hash_outputs(target)
-    manifest.update(
-        status="completed",
-        finished=utc_now(),
-        environment=environment_info(),
-        extra_inputs=ctx.recorded_inputs,
-        outputs=outputs,
-        weights_sha256=outputs.get("weights.safetensors"),
+    return _execute(
+        app, ctx, target, manifest, f"continue it with `inflame train --local --resume {target}`"
     )
-    manifest.pop("error", None)
-    write_json_atomic(target / MANIFEST, manifest)
-    return TrainResult(run_dir=target, manifest=manifest)
+
+
+def run_in_job(
+    spec_path: str | Path, env: Mapping[str, str] | None = None, argv: Sequence[str] | None = None
+) -> TrainResult:
+    """Inside a cloud job: resolve the platform's paths, then run the app exactly as
+    `train_local` does. The run directory is the folder the platform collects; a restarted
+    job (spot preemption) resumes from the platform's checkpoint folder."""
+    env = os.environ if env is None else env
+    job = prepare_job(spec_path)
+    spec, app = job.spec, job.app
+    paths = job_paths(spec, env)
+    rank, local_rank, world_size = distributed_ranks(env)
+    run_dir = paths.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = hash_data_inputs(paths.data)
+    if (run_dir / MANIFEST).is_file():
+        manifest = read_manifest(run_dir)
+    else:
+        manifest = _new_manifest(spec, app, data, (), argv)
+        manifest["platform"] = paths.platform
+        (run_dir / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")
+    if any(paths.checkpoint_dir.glob("epoch-*.safetensors")):  # a restarted job
+        manifest.setdefault("resumed", []).append(
+            {"at": utc_now(), "from": str(paths.checkpoint_dir)}
+        )
+    ctx = Context(
+        job_name=spec.job.name,
+        data=DataInputs(paths.data, where=str(spec.path)),
+        output_dir=run_dir / "model",
+        checkpoint_dir=paths.checkpoint_dir,
+        hparams=dict(spec.hyperparameters),
+        seed=spec.job.seed,
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world_size,
+        platform=paths.platform,
+        spec_dir=spec.folder,
+        run_dir=run_dir,
+        bad_images=spec.job.bad_images,
+        metrics=MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None),
+    )
+    return _execute(app, ctx, run_dir, manifest, "the platform restarts it from there")
 
 
 def run_app(app_file: str | Path, argv: Sequence[str] | None = None) -> None:

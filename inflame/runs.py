@@ -79,6 +79,8 @@ def environment_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "inflame": __version__,
+        "inflame_path": str(Path(__file__).parent),
+        "inflame_sha256": tree_digest(tree_hashes(Path(__file__).parent)),
     }
     for package in _PACKAGES:
         try:

@@ -32,6 +32,15 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
+NETGUARD = Path(__file__).parent / "netguard"
+
+
+def guarded_env(**extra: str) -> dict[str, str]:
+    """os.environ for a subprocess whose every non-loopback connection fails."""
+    path = os.pathsep.join(p for p in (str(NETGUARD), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 @pytest.fixture(scope="session")
 def demo_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes x 20 images of 32 px, split 0.6/0.2/0.2 (12/4/4 per class)."""
@@ -83,7 +92,11 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(
         *args: str | Path, check: bool = False, cwd: Path | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "INFLAME_RUNS_DIR": str(tmp_path / "runs"), "COLUMNS": "200"}
+        env = guarded_env(
+            INFLAME_RUNS_DIR=str(tmp_path / "runs"),
+            COLUMNS="200",
+            INFLAME_HOME=str(tmp_path / "home"),
+        )
         result = subprocess.run(
             [sys.executable, "-m", "inflame", *map(str, args)],
             capture_output=True,

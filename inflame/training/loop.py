@@ -124,6 +124,10 @@ def fit(
         best_state = state.best_model if state.best_model is not None else _state_copy(model)
         done = state.epoch
         ctx.metrics.truncate(lambda r: r.get("epoch", 0) <= done)
+        logged = {r.get("epoch") for r in ctx.metrics.read()}
+        for record in state.history:  # e.g. a restarted cloud job starts with no metrics file
+            if record["epoch"] not in logged:
+                ctx.log_metrics(record)
     else:
         state = TrainingState(epoch=0, model={})
         best_state = _state_copy(model)

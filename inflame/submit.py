@@ -1,0 +1,156 @@
+"""Submitting to cloud targets: plan (pure), record in the ledger, submit; then follow.
+
+Every submission is written to the ledger before the provider call and updated after it, so a
+crash or a retry never submits the same spec and code twice without saying so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from inflame import tomlfile
+from inflame.errors import InflameError
+from inflame.launcher import prepare_job
+from inflame.ledger import ACTIVE, JobRecord, Ledger
+from inflame.packaging import build_bundle
+from inflame.spec import JobSpec
+from inflame.targets import get_target
+from inflame.targets.base import JobState, Plan
+
+BUNDLE_APP = "./app"
+
+
+def bundle_spec_toml(spec: JobSpec) -> str:
+    """The resolved spec as the job sees it: the app is the bundle's app/ folder."""
+    resolved = spec.to_dict()
+    resolved["job"]["app"] = BUNDLE_APP
+    return tomlfile.dumps(resolved)
+
+
+def plan_submission(spec_path: str | Path, target: str, overrides: Sequence[str] = ()) -> Plan:
+    """Validate the spec, the app's hyperparameters and the target settings, build the code
+    bundle, and return the exact provider request. No credentials, no network."""
+    adapter = get_target(target)
+    job = prepare_job(spec_path, overrides)
+    local_data = [item.path for item in job.spec.data.values() if item.is_local]
+    bundle = build_bundle(job.app.folder, bundle_spec_toml(job.spec), exclude=local_data)
+    return adapter.plan(job.spec, bundle)
+
+
+def _still_active(record: JobRecord, ledger: Ledger) -> bool:
+    if record.provider_id is None:
+        return True  # a crash between 'submitting' and the reply: fate unknown
+    try:
+        return refresh(record, ledger).state in ACTIVE
+    except InflameError:
+        return True
+
+
+def submit_plan(plan: Plan, ledger: Ledger, *, again: bool = False) -> JobRecord:
+    """Record, then submit. Refuses a duplicate of an in-flight job unless `again`."""
+    if not again:
+        duplicates = [
+            r
+            for r in ledger.duplicates(plan.target, plan.spec_sha256, plan.bundle.sha256)
+            if _still_active(r, ledger)
+        ]
+        if duplicates:
+            last = duplicates[-1]
+            raise InflameError(
+                f"The same spec and code were already submitted to {plan.target} as "
+                f"{last.provider_id or last.name} (ledger id {last.id}, status {last.status}, "
+                f"{last.submitted_at}). Follow it with `inflame status {last.id}`, or pass "
+                "--again to submit another job anyway."
+            )
+    job_id = ledger.begin(
+        target=plan.target,
+        name=plan.job_name,
+        spec_sha256=plan.spec_sha256,
+        bundle_sha256=plan.bundle.sha256,
+        request={"request": plan.request, "locator": plan.locator, "summary": plan.summary},
+    )
+    try:
+        submitted = get_target(plan.target).submit(plan)
+    except InflameError as exc:
+        ledger.update(job_id, status="submit-failed", error=str(exc))
+        raise
+    ledger.update(
+        job_id,
+        provider_id=submitted.provider_id,
+        status="submitted",
+        console_url=submitted.console_url,
+    )
+    return ledger.get(job_id)
+
+
+def _require_provider_id(record: JobRecord) -> str:
+    if not record.provider_id:
+        raise InflameError(
+            f"Job {record.id} ({record.name}) has no provider id: its submission "
+            f"{'failed' if record.status == 'submit-failed' else 'never finished'}"
+            f"{': ' + record.error if record.error else ''}."
+        )
+    return record.provider_id
+
+
+def refresh(record: JobRecord, ledger: Ledger) -> JobState:
+    """Ask the provider for the job's state and store it in the ledger."""
+    state = get_target(record.target).status(
+        _require_provider_id(record), record.request["locator"]
+    )
+    ledger.update(record.id, status=state.state)
+    return state
+
+
+def job_logs(record: JobRecord) -> Iterator[str]:
+    return get_target(record.target).logs(_require_provider_id(record), record.request["locator"])
+
+
+def follow(
+    record: JobRecord,
+    ledger: Ledger,
+    *,
+    logs: bool,
+    interval: float = 15.0,
+    emit: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
+) -> JobState:
+    """Poll until the job ends; with `logs`, print new log lines as they arrive."""
+    printed = 0
+    last = ""
+    while True:
+        state = refresh(record, ledger)
+        if logs:
+            lines = list(job_logs(record))
+            for line in lines[printed:]:
+                emit(line)
+            printed = len(lines)
+        elif state.provider_state != last:
+            emit(f"{record.provider_id}: {state.provider_state}")
+            last = state.provider_state
+        if state.terminal:
+            return state
+        sleep(interval)
+
+
+def cancel(record: JobRecord, ledger: Ledger) -> None:
+    get_target(record.target).cancel(_require_provider_id(record), record.request["locator"])
+    ledger.update(record.id, status="stopping")
+
+
+def download(record: JobRecord, destination: Path) -> Path:
+    """Fetch the job's run directory (manifest, metrics, model) into `destination`."""
+    if destination.exists() and any(destination.iterdir()):
+        raise InflameError(f"{destination} exists and is not empty; choose a new folder.")
+    destination.mkdir(parents=True, exist_ok=True)
+    get_target(record.target).download(
+        _require_provider_id(record), record.request["locator"], destination
+    )
+    if not (destination / "model" / "model.json").is_file():
+        raise InflameError(
+            f"The job's output in {destination} holds no model/model.json; did "
+            "the app save its model to ctx.output_dir?"
+        )
+    return destination

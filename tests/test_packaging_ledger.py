@@ -1,0 +1,139 @@
+"""The code bundle (deterministic, secret-free, ignore rules) and the job ledger."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from inflame.errors import InflameError
+from inflame.ledger import Ledger
+from inflame.packaging import build_bundle, safe_extract
+
+
+def make_app(root: Path) -> Path:
+    app = root / "myapp"
+    (app / "lib").mkdir(parents=True)
+    (app / "app.py").write_text("def train(ctx):\n    pass\n")
+    (app / "lib" / "helpers.py").write_text("X = 1\n")
+    (app / "requirements.txt").write_text("# extra\nscikit-learn>=1\n")
+    return app
+
+
+def names(bundle) -> set[str]:
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:gz") as tar:
+        return set(tar.getnames())
+
+
+def test_bundle_is_deterministic_and_holds_app_spec_inflame_and_requirements(tmp_path: Path):
+    app = make_app(tmp_path)
+    first = build_bundle(app, "[job]\n")
+    (app / "app.py").touch()  # a new mtime changes nothing
+    second = build_bundle(app, "[job]\n")
+    assert first.data == second.data and first.sha256 == second.sha256
+    assert {
+        "app/app.py",
+        "app/lib/helpers.py",
+        "spec.toml",
+        "requirements.txt",
+        "vendor/inflame/__init__.py",
+        "vendor/inflame/job.py",
+    } <= names(first)
+    (app / "lib" / "helpers.py").write_text("X = 2\n")
+    assert build_bundle(app, "[job]\n").sha256 != first.sha256
+    assert build_bundle(app, "[job]\nname = 'y'\n").sha256 != first.sha256
+    with tarfile.open(fileobj=io.BytesIO(first.data), mode="r:gz") as tar:
+        requirements = tar.extractfile("requirements.txt").read().decode()
+        assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
+    assert "scikit-learn>=1" in requirements and "safetensors" in requirements
+    assert "# extra" not in requirements
+
+
+def test_secrets_never_reach_the_bundle(tmp_path: Path):
+    app = make_app(tmp_path)
+    planted = [
+        ".env",
+        ".env.production",
+        "server.pem",
+        "tls.key",
+        "id_rsa",
+        "id_rsa.pub",
+        "gcp-credentials.json",
+        ".aws/credentials",
+        ".azure/config",
+        ".config/gcloud/application_default_credentials.json",
+        ".git/config",
+        "lib/.netrc",
+    ]
+    for name in planted:
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text("PLANTED-SECRET-7f3a")
+    bundle = build_bundle(app, "[job]\n")
+    shipped = names(bundle)
+    assert not [
+        n for n in shipped if n.startswith("app/") and any(n == f"app/{p}" for p in planted)
+    ], shipped
+    with tarfile.open(fileobj=io.BytesIO(bundle.data)) as tar:
+        contents = [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
+    assert not [c for c in contents if b"PLANTED-SECRET-7f3a" in c]
+    assert len(bundle.excluded_secrets) == len(planted)
+
+
+def test_ignore_files_and_excluded_data_are_honoured(tmp_path: Path):
+    (tmp_path / ".git").mkdir()  # the repository root
+    (tmp_path / ".gitignore").write_text("myapp/big/\n")
+    app = make_app(tmp_path)
+    (app / ".inflameignore").write_text("*.ckpt\n!keep.ckpt\n")
+    for name in (
+        "big/weights.bin",
+        "model.ckpt",
+        "keep.ckpt",
+        "data/train/a.jpg",
+        "__pycache__/x.pyc",
+        "runs/r1/manifest.json",
+    ):
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text("x")
+    shipped = names(build_bundle(app, "[job]\n", exclude=[app / "data" / "train"]))
+    assert "app/keep.ckpt" in shipped and "app/.inflameignore" in shipped
+    for left_out in (
+        "app/big/weights.bin",
+        "app/model.ckpt",
+        "app/data/train/a.jpg",
+        "app/__pycache__/x.pyc",
+        "app/runs/r1/manifest.json",
+    ):
+        assert left_out not in shipped
+
+
+def test_safe_extract_refuses_escaping_members(tmp_path: Path):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../evil.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises(InflameError, match="Refusing to extract"):
+        safe_extract(raw.getvalue(), tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_ledger_records_finds_and_reports_duplicates(tmp_path: Path):
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    first = ledger.begin(
+        target="sagemaker",
+        name="job-a",
+        spec_sha256="s" * 64,
+        bundle_sha256="b" * 64,
+        request={"locator": {"region": "us-east-1"}},
+    )
+    assert ledger.get(first).status == "submitting"
+    assert [r.id for r in ledger.duplicates("sagemaker", "s" * 64, "b" * 64)] == [first]
+    ledger.update(first, provider_id="job-a-123", status="completed", console_url="https://x")
+    assert ledger.find("job-a-123").id == first == ledger.find(str(first)).id
+    assert ledger.find("job-a").request == {"locator": {"region": "us-east-1"}}
+    assert ledger.duplicates("sagemaker", "s" * 64, "b" * 64) == []
+    with pytest.raises(InflameError, match="No job 'nope'"):
+        ledger.find("nope")
+    assert len(Ledger(tmp_path / "ledger.sqlite").all()) == 1  # persisted
