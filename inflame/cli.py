@@ -390,9 +390,7 @@ def init(
 @app.command()
 def submit(
     spec: Annotated[Path, typer.Argument(help="Job spec (TOML).", show_default=False)],
-    target: Annotated[
-        str, typer.Option("--target", "-t", help="sagemaker (azure and vertex: planned).")
-    ],
+    target: Annotated[str, typer.Option("--target", "-t", help="sagemaker, azure or vertex.")],
     overrides: Annotated[
         list[str] | None,
         typer.Option(

@@ -17,7 +17,7 @@ from inflame.apps import APP_FILE, App, find_app, load_app
 from inflame.errors import InflameError, RunError, RunInterrupted
 from inflame.hashing import sha256_file, tree_digest, tree_hashes
 from inflame.hparams import resolve_hparams
-from inflame.platforms import job_paths
+from inflame.platforms import BoundPaths, job_paths
 from inflame.runs import (
     MANIFEST,
     SPEC_FILE,
@@ -243,7 +243,11 @@ def train_local(
 
 
 def run_in_job(
-    spec_path: str | Path, env: Mapping[str, str] | None = None, argv: Sequence[str] | None = None
+    spec_path: str | Path,
+    env: Mapping[str, str] | None = None,
+    argv: Sequence[str] | None = None,
+    bound: BoundPaths | None = None,
+    platform_name: str | None = None,
 ) -> TrainResult:
     """Inside a cloud job: resolve the platform's paths, then run the app exactly as
     `train_local` does. The run directory is the folder the platform collects; a restarted
@@ -251,7 +255,7 @@ def run_in_job(
     env = os.environ if env is None else env
     job = prepare_job(spec_path)
     spec, app = job.spec, job.app
-    paths = job_paths(spec, env)
+    paths = job_paths(spec, env, bound, platform_name)
     rank, local_rank, world_size = distributed_ranks(env)
     run_dir = paths.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -49,17 +49,65 @@ def sagemaker_paths(spec: JobSpec, env: Mapping[str, str]) -> JobPaths:
     )
 
 
-RESOLVERS = {"sagemaker": sagemaker_paths}
+def gcs_local(uri: str, env: Mapping[str, str]) -> Path:
+    """gs://bucket/path as Cloud Storage FUSE mounts it on Vertex AI: /gcs/bucket/path."""
+    root = Path(env.get("INFLAME_GCS_ROOT", "/gcs"))
+    return root / uri[len("gs://") :] if uri.startswith("gs://") else Path(uri)
 
 
-def job_paths(spec: JobSpec, env: Mapping[str, str]) -> JobPaths:
-    platform = detect_platform(env)
-    if platform not in RESOLVERS:
+def vertex_paths(spec: JobSpec, env: Mapping[str, str]) -> JobPaths:
+    """Vertex AI: inputs and outputs through the /gcs mount; the run directory is
+    AIP_MODEL_DIR and checkpoints AIP_CHECKPOINT_DIR (set from the base output directory)."""
+    missing = [name for name in ("AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR") if not env.get(name)]
+    if missing:
+        raise InflameError(
+            f"Inside the Vertex AI job, {', '.join(missing)} is not set; the job "
+            "needs a base output directory (inflame sets one)."
+        )
+    return JobPaths(
+        platform="vertex",
+        data={name: gcs_local(item.value, env) for name, item in spec.data.items()},
+        run_dir=gcs_local(env["AIP_MODEL_DIR"].rstrip("/"), env),
+        checkpoint_dir=gcs_local(env["AIP_CHECKPOINT_DIR"].rstrip("/"), env),
+    )
+
+
+@dataclass(frozen=True)
+class BoundPaths:
+    """Paths the platform substituted into the job's command line (Azure ML binds inputs and
+    outputs as `${{inputs.x}}` / `${{outputs.y}}` arguments)."""
+
+    data: dict[str, Path]
+    run_dir: Path
+    checkpoint_dir: Path
+
+
+RESOLVERS = {"sagemaker": sagemaker_paths, "vertex": vertex_paths}
+
+
+def job_paths(
+    spec: JobSpec,
+    env: Mapping[str, str],
+    bound: BoundPaths | None = None,
+    platform: str | None = None,
+) -> JobPaths:
+    platform = platform or detect_platform(env)
+    if bound is not None:
+        unbound = sorted(set(spec.data) - set(bound.data))
+        if unbound:
+            raise InflameError(
+                f"The job's command binds no path for data input(s) {', '.join(unbound)}; "
+                "pass `--data NAME=PATH` for each."
+            )
+        paths = JobPaths(platform, dict(bound.data), bound.run_dir, bound.checkpoint_dir)
+    elif platform in RESOLVERS:
+        paths = RESOLVERS[platform](spec, env)
+    else:
         raise InflameError(
             f"Unknown platform {platform!r} (from {PLATFORM_ENV}); known: "
-            f"{', '.join(RESOLVERS)}. Locally, use `inflame train --local`."
+            f"{', '.join(RESOLVERS)}, or bind paths with --data/--run-dir. Locally, use "
+            "`inflame train --local`."
         )
-    paths = RESOLVERS[platform](spec, env)
     missing = [f"{name} ({path})" for name, path in paths.data.items() if not path.is_dir()]
     if missing:
         raise InflameError(

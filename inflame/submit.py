@@ -123,7 +123,12 @@ def follow(
     while True:
         state = refresh(record, ledger)
         if logs:
-            lines = list(job_logs(record))
+            try:
+                lines = list(job_logs(record))
+            except InflameError as exc:  # this target cannot stream logs: follow the status
+                emit(f"note: {exc}")
+                logs = False
+                continue
             for line in lines[printed:]:
                 emit(line)
             printed = len(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -13,3 +14,28 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str
     flat = " ".join(result.stderr.split())
     for fragment in fragments:
         assert fragment in flat, f"{fragment!r} not in {flat!r}"
+
+
+def write_cloud_spec(
+    path, name: str, inputs: dict, target: str, settings: dict, /, **tables
+) -> Any:
+    """A spec for the fowl classifier on the tiny hyperparameters, for one cloud target.
+    Keyword tables are merged in, one level deep (`targets={"azure": {...}}` patches keys)."""
+    from inflame import tomlfile
+    from tests.conftest import TINY_HPARAMS
+
+    spec = {
+        "job": {"name": name, "app": "fowl_classifier", "seed": 3},
+        "data": dict(inputs),
+        "hyperparameters": dict(TINY_HPARAMS),
+        "compute": {"spot": True, "max_runtime": "1h"},
+        "targets": {target: dict(settings)},
+    }
+    for table, values in tables.items():
+        for key, value in values.items():
+            if isinstance(value, dict):
+                spec.setdefault(table, {}).setdefault(key, {}).update(value)
+            else:
+                spec.setdefault(table, {})[key] = value
+    path.write_text(tomlfile.dumps(spec))
+    return path

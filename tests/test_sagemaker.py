@@ -22,7 +22,8 @@ from inflame.errors import InflameError
 from inflame.ledger import Ledger
 from inflame.submit import cancel, download, job_logs, plan_submission, refresh, submit_plan
 from inflame.targets.sagemaker import validate_request
-from tests.conftest import TINY_HPARAMS, guarded_env
+from tests.conftest import guarded_env
+from tests.helpers import write_cloud_spec
 
 BUCKET = "inflame-test"
 ROLE = "arn:aws:iam::123456789012:role/inflame-sagemaker"
@@ -31,24 +32,14 @@ ROLE = "arn:aws:iam::123456789012:role/inflame-sagemaker"
 @pytest.fixture
 def sm_spec(tmp_path: Path):
     def write(**tables: dict) -> Path:
-        spec = {
-            "job": {"name": "tiny_sm", "app": "fowl_classifier", "seed": 3},
-            "data": {"train": f"s3://{BUCKET}/data/train", "val": f"s3://{BUCKET}/data/val"},
-            "hyperparameters": dict(TINY_HPARAMS),
-            "compute": {"spot": True, "max_runtime": "1h"},
-            "targets": {
-                "sagemaker": {
-                    "role": ROLE,
-                    "region": "us-east-1",
-                    "output": f"s3://{BUCKET}/inflame",
-                }
-            },
-        }
-        for table, values in tables.items():
-            spec.setdefault(table, {}).update(values)
-        path = tmp_path / "sm.toml"
-        path.write_text(tomlfile.dumps(spec))
-        return path
+        return write_cloud_spec(
+            tmp_path / "sm.toml",
+            "tiny_sm",
+            {"train": f"s3://{BUCKET}/data/train", "val": f"s3://{BUCKET}/data/val"},
+            "sagemaker",
+            {"role": ROLE, "region": "us-east-1", "output": f"s3://{BUCKET}/inflame"},
+            **tables,
+        )
 
     return write
 
@@ -129,10 +120,6 @@ def test_dry_run_is_offline_exact_and_valid(sm_spec, tmp_path: Path):
 @pytest.mark.parametrize(
     ("tables", "fragments"),
     [
-        (
-            {"targets": {"sagemaker": {"region": "us-east-1", "output": "s3://b/p"}}},
-            ["missing required key `targets.sagemaker.role`"],
-        ),
         ({"targets": {"sagemaker": {"role": "admin"}}}, ["must be an IAM role ARN"]),
         ({"targets": {"sagemaker": {"output": "/tmp/out"}}}, ["must be an S3 prefix"]),
         (
@@ -144,28 +131,23 @@ def test_dry_run_is_offline_exact_and_valid(sm_spec, tmp_path: Path):
     ],
 )
 def test_plan_errors_are_precise(sm_spec, tables, fragments):
+    with pytest.raises(InflameError) as info:
+        plan_submission(sm_spec(**tables), "sagemaker")
+    message = " ".join(str(info.value).split())
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_missing_role_names_the_key_and_the_line(sm_spec):
     path = sm_spec()
     spec = tomlfile.loads(path.read_text())
-    for table, values in tables.items():
-        target = spec[table] if table != "targets" else spec["targets"]
-        for key, value in values.items():
-            if (
-                table == "targets"
-                and key == "sagemaker"
-                and "role" not in value
-                and "region" in value
-            ):
-                target[key] = value  # replace the whole table
-            elif table == "targets":
-                target[key].update(value)
-            else:
-                target[key] = value
+    del spec["targets"]["sagemaker"]["role"]
     path.write_text(tomlfile.dumps(spec))
     with pytest.raises(InflameError) as info:
         plan_submission(path, "sagemaker")
     message = " ".join(str(info.value).split())
-    for fragment in fragments:
-        assert fragment in message
+    assert "missing required key `targets.sagemaker.role`" in message
+    assert f"{path}:" in message  # file and line of [targets.sagemaker]
 
 
 def test_local_data_and_unknown_targets_are_refused(sm_spec, demo_set: Path):
@@ -173,8 +155,6 @@ def test_local_data_and_unknown_targets_are_refused(sm_spec, demo_set: Path):
         plan_submission(sm_spec(), "sagemaker", [f"data.train={demo_set / 'train'}"])
     with pytest.raises(InflameError, match="Did you mean `sagemaker`"):
         plan_submission(sm_spec(), "sagemake")
-    with pytest.raises(InflameError, match="not available yet"):
-        plan_submission(sm_spec(), "vertex")
 
 
 def _training_job(name: str):
@@ -362,3 +342,10 @@ def test_cli_submit_jobs_status_logs_and_download(aws, sm_spec, tmp_path: Path, 
     missing = runner.invoke(app, ["download", job, str(tmp_path / "dl")])
     assert isinstance(missing.exception, InflameError)  # model.tar.gz was never uploaded
     assert "NoSuchKey" in str(missing.exception)
+
+
+def test_two_submissions_in_the_same_second_get_different_job_names(sm_spec):
+    first, second = (plan_submission(sm_spec(), "sagemaker") for _ in range(2))
+    assert first.job_name != second.job_name
+    assert first.job_name.startswith("tiny-sm-") and second.job_name.startswith("tiny-sm-")
+    assert len(first.job_name) <= 63

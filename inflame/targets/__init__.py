@@ -11,18 +11,16 @@ import importlib
 from inflame.errors import InflameError, did_you_mean
 from inflame.targets.base import JobState, Plan, Target
 
-TARGETS = {"sagemaker": "inflame.targets.sagemaker"}
-PLANNED = ("azure", "vertex")
+TARGETS = {
+    "sagemaker": "inflame.targets.sagemaker",
+    "azure": "inflame.targets.azure",
+    "vertex": "inflame.targets.vertex",
+}
 
 __all__ = ["TARGETS", "JobState", "Plan", "Target", "get_target"]
 
 
 def get_target(name: str) -> Target:
-    if name in PLANNED:
-        raise InflameError(
-            f"The `{name}` target is not available yet; today inflame submits to "
-            f"{', '.join(TARGETS)}."
-        )
     if name not in TARGETS:
         raise InflameError(
             f"Unknown target `{name}`.{did_you_mean(name, TARGETS)} Targets: {', '.join(TARGETS)}."

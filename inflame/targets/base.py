@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from inflame.errors import InflameError
+from inflame.errors import InflameError, did_you_mean
 from inflame.packaging import Bundle
 from inflame.spec import JobSpec
 
@@ -59,6 +62,48 @@ class Target(Protocol):
     def download(self, provider_id: str, locator: dict[str, Any], destination: Path) -> Path: ...
 
 
+def unique_job_name(job: str, disallowed: str = r"[^a-zA-Z0-9-]+") -> str:
+    """`<job>-<YYYYmmdd-HHMMSS>-<6 random hex>`: readable, sortable, and unique even for two
+    submissions in the same second (providers refuse a name twice)."""
+    base = re.sub(disallowed, "-", job).strip("-")[:40] or "job"
+    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def plan_summary(
+    target: str,
+    name: str,
+    spec: JobSpec,
+    bundle: Bundle,
+    *,
+    where: dict[str, str],
+    image: str,
+    spot: str,
+    outputs: str,
+) -> dict[str, str]:
+    """The --dry-run summary every target prints: where, what machine, what goes in and out."""
+    return {
+        "target": target,
+        "job name": name,
+        **where,
+        "GPUs x nodes": f"{spec.compute.gpus_per_node} x {spec.compute.nodes}",
+        "spot": f"yes ({spot})" if spec.compute.spot else "no",
+        "image": image,
+        "inputs": ", ".join(f"{n}={item.value}" for n, item in spec.data.items()) or "-",
+        "outputs": outputs,
+        "code bundle": f"{bundle.size / 1024:.1f} KiB, sha256 {bundle.sha256}",
+    }
+
+
+def require_single_gpu(spec: JobSpec) -> None:
+    """Until inflame launches DDP (torchrun), a job is one process on one GPU."""
+    if spec.compute.nodes > 1 or spec.compute.gpus_per_node > 1:
+        raise InflameError(
+            f"Invalid job spec, {spec.locate(('compute',))}: multi-GPU and multi-node jobs "
+            "need inflame's distributed (DDP) launch, which is not available yet. Set "
+            "`gpus_per_node = 1` and `nodes = 1` under [compute]."
+        )
+
+
 def missing_sdk(target: str, extra: str, exc: ImportError) -> InflameError:
     return InflameError(
         f"The {target} target needs its SDK ({exc.name} is not installed). "
@@ -85,8 +130,6 @@ class TargetSettings:
         )
 
     def check_known(self, known: tuple[str, ...]) -> None:
-        from inflame.errors import did_you_mean
-
         for key in self.table:
             if key not in known:
                 raise self.fail(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,16 @@ from typing import Any
 from inflame.errors import InflameError
 from inflame.packaging import Bundle, safe_extract
 from inflame.spec import JobSpec
-from inflame.targets.base import JobState, Plan, Submitted, TargetSettings, missing_sdk
+from inflame.targets.base import (
+    JobState,
+    Plan,
+    Submitted,
+    TargetSettings,
+    missing_sdk,
+    plan_summary,
+    require_single_gpu,
+    unique_job_name,
+)
 
 KEYS = (
     "role",
@@ -61,12 +69,6 @@ PYTHONPATH="$WORK/vendor${PYTHONPATH:+:$PYTHONPATH}" exec python -m inflame.job 
 def _split_s3(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[len("s3://") :].partition("/")
     return bucket, key
-
-
-def job_name(spec: JobSpec, bundle: Bundle) -> str:
-    """`<name>-<YYYYmmdd-HHMMSS>-<bundle hash>`, at most 63 of [a-zA-Z0-9-]."""
-    base = re.sub(r"[^a-zA-Z0-9-]+", "-", spec.job.name).strip("-")[:40]
-    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}-{bundle.sha256[:6]}"
 
 
 def validate_request(request: dict[str, Any]) -> None:
@@ -115,12 +117,7 @@ class SageMakerTarget:
         output = output.rstrip("/")
         instance_type = settings.get("instance_type", "ml.g5.xlarge")
         image = settings.get("image", DEFAULT_IMAGE.format(region=region))
-        if spec.compute.nodes > 1 or spec.compute.gpus_per_node > 1:
-            raise InflameError(
-                f"Invalid job spec, {spec.locate(('compute',))}: multi-GPU and multi-node jobs "
-                "need inflame's distributed (DDP) launch, which is not available yet. Set "
-                "`gpus_per_node = 1` and `nodes = 1` under [compute]."
-            )
+        require_single_gpu(spec)
         channels = []
         for name, item in spec.data.items():
             if not item.value.startswith("s3://"):
@@ -142,7 +139,7 @@ class SageMakerTarget:
                     "InputMode": "File",
                 }
             )
-        name = job_name(spec, bundle)
+        name = unique_job_name(spec.job.name)
         code_uri = f"{output}/code/{bundle.sha256}.tar.gz"
         max_runtime = spec.compute.max_runtime_s or 24 * 3600
         stopping: dict[str, int] = {"MaxRuntimeInSeconds": max_runtime}
@@ -199,21 +196,16 @@ class SageMakerTarget:
                 "keep_alive_seconds", kind=int
             )
         validate_request(request)
-        summary = {
-            "target": "sagemaker",
-            "job name": name,
-            "region": region,
-            "instance type": instance_type,
-            "GPUs x nodes": f"{spec.compute.gpus_per_node} x {spec.compute.nodes}",
-            "spot": "yes (managed spot, checkpoints synced to S3)" if spec.compute.spot else "no",
-            "image": image,
-            "inputs": ", ".join(
-                f"{c['ChannelName']}={c['DataSource']['S3DataSource']['S3Uri']}" for c in channels
-            )
-            or "-",
-            "outputs": f"{output}/jobs/{name}/output/model.tar.gz",
-            "code bundle": f"{bundle.size / 1024:.1f} KiB, sha256 {bundle.sha256}",
-        }
+        summary = plan_summary(
+            self.name,
+            name,
+            spec,
+            bundle,
+            where={"region": region, "instance type": instance_type},
+            image=image,
+            spot="managed spot, checkpoints synced to S3",
+            outputs=f"{output}/jobs/{name}/output/model.tar.gz",
+        )
         return Plan(
             target=self.name,
             job_name=name,
@@ -248,13 +240,15 @@ class SageMakerTarget:
             raise InflameError(f"{what}: {exc}") from None
 
     def submit(self, plan: Plan) -> Submitted:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         session = self._session(plan.locator)
         s3 = session.client("s3")
         for uri in plan.uploads:
             bucket, key = _split_s3(uri)
             try:
                 s3.head_object(Bucket=bucket, Key=key)  # same hash: already there
-            except Exception:
+            except (BotoCoreError, ClientError):  # absent (or unreadable): upload it
                 self._call(
                     f"Uploading the code bundle to {uri}",
                     s3.put_object,

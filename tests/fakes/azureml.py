@@ -1,0 +1,156 @@
+"""A loopback fake of the Azure ML REST API (and of the blob store its code upload uses),
+enough for MLClient.jobs.create_or_update / get / begin_cancel with the real SDK."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import RequestsTransport
+
+
+class FakeCredential:
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("fake-token", 4_102_444_800)
+
+    def get_token_info(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo("fake-token", 4_102_444_800)
+
+
+class RedirectTransport(RequestsTransport):
+    """Sends https://HOST/PATH to http://127.0.0.1:PORT/HOST/PATH (the auth policy still sees
+    https); anything already on loopback goes as it is."""
+
+    def __init__(self, port: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.port = port
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        parts = urlsplit(request.url)
+        if parts.hostname not in ("127.0.0.1", "localhost"):
+            query = f"?{parts.query}" if parts.query else ""
+            request.url = f"http://127.0.0.1:{self.port}/{parts.netloc}{parts.path}{query}"
+        return super().send(request, **kwargs)
+
+
+class FakeAzureML:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.blobs: dict[str, bytes] = {}
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _reply(self, code: int, payload: Any = None, headers: dict | None = None):
+                data = b"" if payload is None else json.dumps(payload).encode()
+                self.send_response(code)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                if payload is not None:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if data:
+                    self.wfile.write(data)
+
+            def do_HEAD(self) -> None:
+                fake.requests.append(("HEAD", self.path, b""))
+                self._reply(404)
+
+            def do_GET(self) -> None:
+                fake.requests.append(("GET", self.path, b""))
+                path = urlsplit(self.path).path
+                if "/codes/" in path and path.endswith("/versions"):
+                    return self._reply(200, {"value": []})
+                job = re.search(r"/jobs/([^/?]+)$", path)
+                if job and job.group(1) in fake.jobs:
+                    return self._reply(200, fake.jobs[job.group(1)])
+                return self._reply(404, {"error": {"code": "NotFound", "message": path}})
+
+            def do_POST(self) -> None:
+                body = self._body()
+                fake.requests.append(("POST", self.path, body))
+                path = urlsplit(self.path).path
+                if path.endswith("/startPendingUpload"):
+                    port = self.server.server_address[1]
+                    blob = f"http://127.0.0.1:{port}/devstoreaccount1/azureml-blobstore/LocalUpload/code"
+                    return self._reply(
+                        200,
+                        {
+                            "blobReferenceForConsumption": {
+                                "blobUri": blob,
+                                "credential": {
+                                    "credentialType": "SAS",
+                                    "sasUri": f"{blob}?sv=2021-08-06&sig=fake",
+                                },
+                            },
+                            "pendingUploadId": "upload-1",
+                            "pendingUploadType": "TemporaryBlobReference",
+                        },
+                    )
+                job = re.search(r"/jobs/([^/?]+)/cancel$", path)
+                if job and job.group(1) in fake.jobs:
+                    fake.jobs[job.group(1)]["properties"]["status"] = "CancelRequested"
+                    return self._reply(200, {})
+                return self._reply(404, {"error": {"code": "NotFound", "message": path}})
+
+            def do_PUT(self) -> None:
+                body = self._body()
+                fake.requests.append(("PUT", self.path, body))
+                parts = urlsplit(self.path)
+                if parts.path.startswith("/devstoreaccount1/"):
+                    if "comp=metadata" in parts.query:
+                        return self._reply(200, headers={"ETag": '"1"'})
+                    fake.blobs[parts.path] = body
+                    return self._reply(201, headers={"ETag": '"1"', "Content-MD5": ""})
+                payload = json.loads(body or b"{}")
+                arm_id = parts.path.split("/", 2)[2] if parts.path.count("/") > 1 else ""
+                payload.update(id="/" + arm_id, name=parts.path.rsplit("/", 1)[-1])
+                job = re.search(r"/jobs/([^/?]+)$", parts.path)
+                if job:
+                    payload["properties"]["status"] = "NotStarted"
+                    payload["properties"]["services"] = {
+                        "Studio": {"endpoint": f"https://ml.azure.com/runs/{job.group(1)}"}
+                    }
+                    fake.jobs[job.group(1)] = payload
+                    return self._reply(201, payload)
+                return self._reply(200, payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeAzureML:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def client(self, locator: dict[str, Any]) -> Any:
+        from azure.ai.ml import MLClient
+
+        return MLClient(
+            FakeCredential(),
+            locator["subscription_id"],
+            locator["resource_group"],
+            locator["workspace"],
+            transport=RedirectTransport(self.port),
+            enable_telemetry=False,
+            show_progress=False,
+        )

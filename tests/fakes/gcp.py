@@ -1,0 +1,147 @@
+"""A loopback fake of the Vertex AI REST API (custom jobs) and of the Cloud Storage JSON API.
+Objects live as files under `root/<bucket>/<name>`, the same layout as Vertex's /gcs mount."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from email.parser import BytesParser
+from email.policy import default as default_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+class FakeGCP:
+    def __init__(self, root: Path):
+        self.root = root
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str, bytes]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, code: int, payload: Any = None, raw: bytes | None = None) -> None:
+                data = raw if raw is not None else json.dumps(payload or {}).encode()
+                self.send_response(code)
+                self.send_header(
+                    "Content-Type",
+                    "application/octet-stream" if raw is not None else "application/json",
+                )
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _object(self, bucket: str, name: str) -> dict[str, Any]:
+                path = fake.root / bucket / name
+                return {
+                    "kind": "storage#object",
+                    "bucket": bucket,
+                    "name": name,
+                    "size": str(path.stat().st_size),
+                    "generation": "1",
+                }
+
+            def do_GET(self) -> None:
+                fake.requests.append(("GET", self.path, b""))
+                parts = urlsplit(self.path)
+                query = parse_qs(parts.query)
+                listing = re.match(r"^/storage/v1/b/([^/]+)/o$", parts.path)
+                if listing:
+                    bucket, prefix = listing.group(1), query.get("prefix", [""])[0]
+                    base = fake.root / bucket
+                    names = (
+                        sorted(
+                            p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()
+                        )
+                        if base.is_dir()
+                        else []
+                    )
+                    items = [self._object(bucket, n) for n in names if n.startswith(prefix)]
+                    return self._reply(200, {"kind": "storage#objects", "items": items})
+                obj = re.match(r"^/(?:download/)?storage/v1/b/([^/]+)/o/(.+)$", parts.path)
+                if obj:
+                    bucket, name = obj.group(1), unquote(obj.group(2))
+                    path = fake.root / bucket / name
+                    if not path.is_file():
+                        return self._reply(
+                            404, {"error": {"code": 404, "message": "No such object"}}
+                        )
+                    if query.get("alt") == ["media"]:
+                        return self._reply(200, raw=path.read_bytes())
+                    return self._reply(200, self._object(bucket, name))
+                job = re.match(
+                    r"^/v1/(projects/[^/]+/locations/[^/]+/customJobs/[^/:]+)$", parts.path
+                )
+                if job and job.group(1) in fake.jobs:
+                    return self._reply(200, fake.jobs[job.group(1)])
+                return self._reply(404, {"error": {"code": 404, "message": parts.path}})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                fake.requests.append(("POST", self.path, body))
+                parts = urlsplit(self.path)
+                upload = re.match(r"^/upload/storage/v1/b/([^/]+)/o$", parts.path)
+                if upload:
+                    message = BytesParser(policy=default_policy).parsebytes(
+                        f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
+                    )
+                    metadata, media = [p.get_payload(decode=True) for p in message.iter_parts()]
+                    name = json.loads(metadata)["name"]
+                    target = fake.root / upload.group(1) / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(media)
+                    return self._reply(200, self._object(upload.group(1), name))
+                create = re.match(
+                    r"^/v1/(projects/([^/]+)/locations/([^/]+))/customJobs$", parts.path
+                )
+                if create:
+                    job = json.loads(body)
+                    name = (
+                        f"projects/123/locations/{create.group(3)}/customJobs/{len(fake.jobs) + 42}"
+                    )
+                    job.update(name=name, state="JOB_STATE_PENDING")
+                    fake.jobs[name] = job
+                    return self._reply(200, job)
+                cancel = re.match(r"^/v1/(projects/[^:]+):cancel$", parts.path)
+                if cancel and cancel.group(1) in fake.jobs:
+                    fake.jobs[cancel.group(1)]["state"] = "JOB_STATE_CANCELLING"
+                    return self._reply(200, {})
+                return self._reply(404, {"error": {"code": 404, "message": parts.path}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeGCP:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def client_options(self) -> dict[str, Any]:
+        from google.auth.credentials import AnonymousCredentials
+
+        return {
+            "api_endpoint": self.endpoint,
+            "api_transport": "rest",
+            "credentials": AnonymousCredentials(),
+        }
+
+    def storage_client(self, locator: dict[str, Any]) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(
+            project=locator["project"],
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.endpoint},
+        )

@@ -1,0 +1,178 @@
+"""The Azure ML target with the real azure-ai-ml: the dry-run YAML loads with load_job, the
+real MLClient submit path runs against a loopback fake, and the job's command runs in a
+simulated Azure ML node with its bound inputs and outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from azure.ai.ml import load_job
+
+from inflame import tomlfile
+from inflame.errors import InflameError
+from inflame.ledger import Ledger
+from inflame.submit import cancel, plan_submission, refresh, submit_plan
+from inflame.targets.azure import TARGET, stage_bundle
+from tests.conftest import guarded_env
+from tests.fakes.azureml import FakeAzureML
+from tests.helpers import write_cloud_spec
+
+SUB = "00000000-0000-0000-0000-000000000000"
+STORE = "azureml://datastores/workspaceblobstore/paths"
+
+
+@pytest.fixture
+def az_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("INFLAME_HOME", str(tmp_path / "home"))
+
+    def write(**tables: dict) -> Path:
+        return write_cloud_spec(
+            tmp_path / "az.toml",
+            "tiny_az",
+            {"train": f"{STORE}/fowl/train", "val": f"{STORE}/fowl/val"},
+            "azure",
+            {
+                "subscription_id": SUB,
+                "resource_group": "rg",
+                "workspace": "ws",
+                "compute": "gpu-cluster",
+            },
+            **tables,
+        )
+
+    return write
+
+
+def test_dry_run_yaml_loads_with_the_sdk_and_is_offline(az_spec, tmp_path: Path):
+    out = tmp_path / "job.yml"
+    env = guarded_env(INFLAME_HOME=str(tmp_path / "home"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inflame",
+            "submit",
+            str(az_spec()),
+            "--target",
+            "azure",
+            "--dry-run",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().strip() == result.stdout.strip()
+    job = load_job(source=out)  # azure-ai-ml's own schema
+    assert job.compute.endswith("gpu-cluster") and job.resources.instance_count == 1
+    assert job.inputs["train"].path == f"{STORE}/fowl/train"
+    assert job.inputs["train"].mode == "ro_mount" and job.outputs["run"].mode == "rw_mount"
+    assert "--data train=${{inputs.train}}" in job.command
+    assert "--run-dir ${{outputs.run}}" in job.command
+    assert job.environment_variables["INFLAME_PLATFORM"] == "azure"
+    assert job.limits.timeout == 3600 and job.queue_settings.job_tier.lower() == "spot"
+    code = Path(job.code)
+    assert (code / "spec.toml").is_file() and (code / "vendor" / "inflame" / "job.py").is_file()
+    assert 'app = "./app"' in (code / "spec.toml").read_text()
+    assert "Experimental" not in result.stderr and "experimental" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("tables", "fragment"),
+    [
+        ({"targets": {"azure": {"subscription_id": "my-sub"}}}, "must be a GUID"),
+        ({"targets": {"azure": {"workspce": "ws"}}}, "Did you mean `workspace`?"),
+        ({"data": {"train": "s3://bucket/train"}}, "Azure ML reads data from a datastore"),
+        ({"compute": {"nodes": 2}}, "multi-GPU and multi-node jobs"),
+    ],
+)
+def test_plan_errors_are_precise(az_spec, tables, fragment):
+    with pytest.raises(InflameError) as info:
+        plan_submission(az_spec(**tables), "azure")
+    assert fragment in " ".join(str(info.value).split())
+
+
+def test_missing_required_setting_names_the_key(az_spec, tmp_path: Path):
+    path = az_spec()
+    spec = tomlfile.loads(path.read_text())
+    del spec["targets"]["azure"]["compute"]
+    path.write_text(tomlfile.dumps(spec))
+    with pytest.raises(InflameError, match=r"missing required key `targets.azure.compute`"):
+        plan_submission(path, "azure")
+
+
+def test_submit_status_and_cancel_through_mlclient(az_spec, tmp_path: Path, monkeypatch):
+    plan = plan_submission(az_spec(), "azure")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    with FakeAzureML() as fake:
+        monkeypatch.setattr(TARGET, "client", fake.client)
+        record = submit_plan(plan, ledger)
+        assert record.status == "submitted" and record.provider_id == plan.job_name
+        assert record.console_url.startswith("https://ml.azure.com/runs/")
+        [(_, _, body)] = [r for r in fake.requests if r[0] == "PUT" and "/jobs/" in r[1]]
+        sent = json.loads(body)["properties"]
+        assert sent["jobType"] == "Command"
+        assert sent["computeId"].endswith("/computes/gpu-cluster")
+        assert sent["inputs"]["train"]["uri"] == f"{STORE}/fowl/train"
+        assert sent["environmentVariables"]["INFLAME_PLATFORM"] == "azure"
+        uploaded = {path.rsplit("/", 1)[-1] for path in fake.blobs}
+        assert {"spec.toml", "requirements.txt", "app.py", "job.py"} <= uploaded
+        assert refresh(record, ledger).state == "pending"
+        cancel(record, ledger)
+        assert refresh(record, ledger).state == "stopping"
+        with pytest.raises(InflameError, match="does not read Azure ML logs yet"):
+            list(TARGET.logs(record.provider_id, plan.locator))
+
+
+def _run_node(plan, demo_set: Path, node: Path, checkpoints: Path) -> subprocess.CompletedProcess:
+    """Azure ML on a node: the code snapshot as the working folder, `${{…}}` replaced by the
+    mounted paths."""
+    shutil.copytree(stage_bundle(plan.bundle), node / "code")
+    command = plan.request["command"]
+    for name in ("train", "val"):
+        mount = node / "mnt" / name
+        shutil.copytree(demo_set / name, mount)
+        command = command.replace(f"${{{{inputs.{name}}}}}", str(mount))
+    command = command.replace("${{outputs.run}}", str(node / "outputs" / "run"))
+    command = command.replace("${{outputs.checkpoints}}", str(checkpoints))
+    env = guarded_env(
+        **plan.request["environment_variables"],
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    return subprocess.run(
+        ["bash", "-c", command], cwd=node / "code", env=env, capture_output=True, text=True
+    )
+
+
+def test_job_command_runs_the_same_loop_on_a_simulated_node(
+    az_spec, demo_set: Path, tmp_path: Path
+):
+    plan = plan_submission(az_spec(hyperparameters={"epochs": 2}), "azure")
+    checkpoints = tmp_path / "datastore" / "checkpoints"
+    first = _run_node(plan, demo_set, tmp_path / "node1", checkpoints)
+    assert first.returncode == 0, first.stdout + first.stderr
+    run = tmp_path / "node1" / "outputs" / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["platform"] == "azure"
+    assert (run / "model" / "weights.safetensors").is_file()
+
+    (checkpoints / "epoch-0002.safetensors").unlink()  # a preempted node, rerun
+    second = _run_node(plan, demo_set, tmp_path / "node2", checkpoints)
+    assert second.returncode == 0, second.stdout + second.stderr
+    again = json.loads((tmp_path / "node2" / "outputs" / "run" / "manifest.json").read_text())
+    assert again["resumed"] and again["weights_sha256"] == manifest["weights_sha256"]
+
+
+def test_a_missing_sdk_names_the_extra(az_spec, monkeypatch):
+    monkeypatch.setitem(sys.modules, "azure.ai.ml", None)  # as if azure-ai-ml were absent
+    with pytest.raises(InflameError, match=r'pip install "inflame\[azure\]"'):
+        plan_submission(az_spec(), "azure")
