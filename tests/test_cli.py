@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from inflame.hashing import sha256_file
+from tests.conftest import guarded_env
 from tests.helpers import assert_clean_error
 
 CLASSES = ["circle", "square", "triangle"]
@@ -47,6 +48,27 @@ def test_help_and_version_import_neither_torch_nor_cloud_sdks():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_local_training_imports_no_cloud_sdk(write_spec, tmp_path: Path):
+    code = (
+        "import sys\n"
+        "from inflame.launcher import train_local\n"
+        f"train_local({str(write_spec(hyperparameters={'epochs': 1}))!r}, "
+        f"run_dir={str(tmp_path / 'run')!r})\n"
+        "sdks = sorted(set(sys.modules) & {'boto3', 'botocore', 'azure.ai.ml', 'azure.identity',"
+        " 'google.cloud.aiplatform', 'google.cloud.storage'})\n"
+        "assert not sdks, sdks\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=guarded_env(),
+        cwd=tmp_path,
+    )
+    assert result.stdout.strip().endswith("ok"), result.stderr
 
 
 def test_train_then_predict(cli, write_spec, demo_set: Path, tmp_path: Path):

@@ -176,3 +176,13 @@ def test_submit_run_resume_download_against_a_fake(
         assert len(uploads) == 1  # the same code hash is not uploaded twice
         cancel(second_record, ledger)
         assert refresh(second_record, ledger).state == "stopping"
+
+
+def test_missing_credentials_get_the_gcloud_hint(vx_spec, tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "true")  # no metadata-server probe
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    with pytest.raises(InflameError, match="gcloud auth application-default login"):
+        submit_plan(plan_submission(vx_spec(), "vertex"), ledger)
+    assert ledger.all()[0].status == "submit-failed"

@@ -223,10 +223,11 @@ class VertexTarget:
     def submit(self, plan: Plan) -> Submitted:
         from google.cloud.aiplatform_v1.types import Scheduling
 
-        aiplatform = self._init(plan.locator)
+        aiplatform = self._call("Connecting to Vertex AI", self._init, plan.locator)
         bucket_name = next(iter(plan.uploads))
         bucket, key = _split_gs(bucket_name)
-        blob = self.storage_client(plan.locator).bucket(bucket).blob(key)
+        storage = self._call("Connecting to Cloud Storage", self.storage_client, plan.locator)
+        blob = storage.bucket(bucket).blob(key)
         if not self._call("Checking the code bundle", blob.exists):
             self._call(
                 f"Uploading the code bundle to {bucket_name}",
@@ -263,7 +264,7 @@ class VertexTarget:
         )
 
     def _job(self, provider_id: str, locator: dict[str, Any]) -> Any:
-        aiplatform = self._init(locator)
+        aiplatform = self._call("Connecting to Vertex AI", self._init, locator)
         return self._call("Reading the job", aiplatform.CustomJob.get, provider_id)
 
     def status(self, provider_id: str, locator: dict[str, Any]) -> JobState:
@@ -296,7 +297,7 @@ class VertexTarget:
                 "downloaded once it has completed."
             )
         bucket, prefix = _split_gs(state.model_uri)
-        client = self.storage_client(locator)
+        client = self._call("Connecting to Cloud Storage", self.storage_client, locator)
         for blob in self._call(
             "Listing the job's outputs", lambda: list(client.list_blobs(bucket, prefix=prefix))
         ):
