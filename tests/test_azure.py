@@ -17,7 +17,7 @@ from azure.ai.ml import load_job
 from inflame import tomlfile
 from inflame.errors import InflameError
 from inflame.ledger import Ledger
-from inflame.submit import cancel, plan_submission, refresh, submit_plan
+from inflame.submit import cancel, follow, plan_submission, refresh, submit_plan
 from inflame.targets.azure import TARGET, stage_bundle
 from tests.conftest import guarded_env
 from tests.fakes.azureml import FakeAzureML
@@ -131,6 +131,11 @@ def test_submit_status_and_cancel_through_mlclient(az_spec, tmp_path: Path, monk
         assert refresh(record, ledger).state == "stopping"
         with pytest.raises(InflameError, match="does not read Azure ML logs yet"):
             list(TARGET.logs(record.provider_id, plan.locator))
+        # --follow on a target without log streaming follows the status instead
+        fake.jobs[record.provider_id]["properties"]["status"] = "Completed"
+        lines: list[str] = []
+        state = follow(record, ledger, logs=True, emit=lines.append, sleep=lambda s: None)
+        assert state.state == "completed" and "does not read Azure ML logs" in lines[0]
 
 
 def _run_node(plan, demo_set: Path, node: Path, checkpoints: Path) -> subprocess.CompletedProcess:

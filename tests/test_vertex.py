@@ -165,11 +165,18 @@ def test_submit_run_resume_download_against_a_fake(
         )
         assert (local / "model" / "weights.safetensors").is_file()
 
-        lines: list[str] = []  # --follow on a target without log streaming: status instead
+        job_id = record.provider_id.rsplit("/", 1)[-1]
+        for n in range(1, 4):
+            fake.add_log(job_id, text=f"epoch {n}/3")
+        fake.add_log(job_id, message="inflame: run complete")
+        fake.add_log("999", text="another job's line")
+        monkeypatch.setattr(TARGET, "logging_session", fake.logging_session)
+        lines: list[str] = []
         from inflame.submit import follow
 
         state = follow(record, ledger, logs=True, emit=lines.append, sleep=lambda s: None)
-        assert state.state == "completed" and "does not read Vertex AI logs" in lines[0]
+        assert state.state == "completed"
+        assert lines == ["epoch 1/3", "epoch 2/3", "epoch 3/3", "inflame: run complete"]
 
         second_record = submit_plan(plan, ledger, again=True)
         uploads = [p for m, p, _ in fake.requests if p.startswith("/upload/")]

@@ -41,6 +41,8 @@ KEYS = (
     "service_account",
     "boot_disk_gb",
 )
+LOGGING_ENDPOINT = "https://logging.googleapis.com"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 DEFAULT_IMAGE = "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-4.py310:latest"
 _STATES = {
     "JOB_STATE_QUEUED": "pending",
@@ -279,12 +281,38 @@ class VertexTarget:
             + "/model/",
         )
 
+    def logging_session(self, locator: dict[str, Any]) -> tuple[Any, str]:
+        """An authorized HTTP session for Cloud Logging, and the API's base URL."""
+        import google.auth
+        from google.auth.transport.requests import AuthorizedSession
+
+        credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+        return AuthorizedSession(credentials), LOGGING_ENDPOINT
+
     def logs(self, provider_id: str, locator: dict[str, Any]) -> Iterator[str]:
-        raise InflameError(
-            "`inflame logs` does not read Vertex AI logs yet; open the job's "
-            "console link (`inflame jobs`) or run `gcloud ai custom-jobs "
-            f"stream-logs {provider_id}`."
-        )
+        """The job's log lines from Cloud Logging (resource type ml_job), oldest first."""
+        session, endpoint = self._call("Connecting to Cloud Logging", self.logging_session, locator)
+        job_id = provider_id.rsplit("/", 1)[-1]
+        body: dict[str, Any] = {
+            "resourceNames": [f"projects/{locator['project']}"],
+            "filter": f'resource.type="ml_job" AND resource.labels.job_id="{job_id}"',
+            "orderBy": "timestamp asc",
+            "pageSize": 1000,
+        }
+        while True:
+            reply = session.post(f"{endpoint}/v2/entries:list", json=body, timeout=60)
+            if reply.status_code != 200:
+                raise InflameError(
+                    f"Reading the job's logs: Cloud Logging said "
+                    f"{reply.status_code}: {reply.text[:300]}"
+                )
+            page = reply.json()
+            for entry in page.get("entries", []):
+                payload = entry.get("jsonPayload") or {}
+                yield entry.get("textPayload") or payload.get("message") or json.dumps(payload)
+            if not page.get("nextPageToken"):
+                return
+            body["pageToken"] = page["nextPageToken"]
 
     def cancel(self, provider_id: str, locator: dict[str, Any]) -> None:
         self._call("Cancelling the job", self._job(provider_id, locator).cancel)

@@ -18,6 +18,7 @@ class FakeGCP:
     def __init__(self, root: Path):
         self.root = root
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.log_entries: list[dict[str, Any]] = []  # Cloud Logging entries, with job_id
         self.requests: list[tuple[str, str, bytes]] = []
         fake = self
 
@@ -108,6 +109,18 @@ class FakeGCP:
                     job.update(name=name, state="JOB_STATE_PENDING")
                     fake.jobs[name] = job
                     return self._reply(200, job)
+                if parts.path == "/v2/entries:list":
+                    query_body = json.loads(body)
+                    job_id = re.search(r'job_id="([^"]+)"', query_body["filter"]).group(1)
+                    entries = [
+                        e for e in fake.log_entries if e["resource"]["labels"]["job_id"] == job_id
+                    ]
+                    start = int(query_body.get("pageToken") or 0)
+                    page = entries[start : start + 2]  # small pages: exercise paging
+                    reply: dict[str, Any] = {"entries": page}
+                    if start + 2 < len(entries):
+                        reply["nextPageToken"] = str(start + 2)
+                    return self._reply(200, reply)
                 cancel = re.match(r"^/v1/(projects/[^:]+):cancel$", parts.path)
                 if cancel and cancel.group(1) in fake.jobs:
                     fake.jobs[cancel.group(1)]["state"] = "JOB_STATE_CANCELLING"
@@ -135,6 +148,20 @@ class FakeGCP:
             "api_transport": "rest",
             "credentials": AnonymousCredentials(),
         }
+
+    def logging_session(self, locator: dict[str, Any]) -> tuple[Any, str]:
+        from google.auth.credentials import AnonymousCredentials
+        from google.auth.transport.requests import AuthorizedSession
+
+        return AuthorizedSession(AnonymousCredentials()), self.endpoint
+
+    def add_log(self, job_id: str, text: str | None = None, message: str | None = None) -> None:
+        entry: dict[str, Any] = {"resource": {"type": "ml_job", "labels": {"job_id": job_id}}}
+        if text is not None:
+            entry["textPayload"] = text
+        else:
+            entry["jsonPayload"] = {"message": message}
+        self.log_entries.append(entry)
 
     def storage_client(self, locator: dict[str, Any]) -> Any:
         from google.auth.credentials import AnonymousCredentials
