@@ -86,6 +86,14 @@ def train(
         ),
     ] = None,
     runs_dir: RunsDir = None,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc-per-node",
+            min=1,
+            help="Processes (DDP) on this machine, e.g. one per GPU; launched through torchrun.",
+        ),
+    ] = None,
     help_app: Annotated[
         bool, typer.Option("--help-app", help="List the app's hyperparameters and exit.")
     ] = False,
@@ -96,7 +104,14 @@ def train(
         return
     from inflame.launcher import train_local
 
-    result = train_local(spec, overrides or [], run_dir=run_dir, resume=resume, runs_root=runs_dir)
+    result = train_local(
+        spec,
+        overrides or [],
+        run_dir=run_dir,
+        resume=resume,
+        runs_root=runs_dir,
+        nproc_per_node=nproc_per_node,
+    )
     _print_train_summary(result.run_dir, result.manifest)
     print(result.run_dir)
 

@@ -7,8 +7,10 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from inflame.runtime import (
     require_local_data,
 )
 from inflame.spec import JobSpec, load_spec
+
+EXTRA_INPUTS = ".extra_inputs.json"  # rank 0 of a multi-process run hands these to the parent
 
 
 @dataclass(frozen=True)
@@ -145,19 +149,21 @@ def _new_manifest(
     }
 
 
-def _execute(
-    app: App, ctx: Context, run_dir: Path, manifest: dict[str, Any], resume_hint: str
-) -> TrainResult:
-    """Run app.train(ctx), recording running / interrupted / failed / completed."""
+@contextmanager
+def _recorded(
+    run_dir: Path, manifest: dict[str, Any], resume_hint: str, **running: Any
+) -> Iterator[None]:
+    """Mark the run running; on Ctrl-C mark it interrupted, on any error failed."""
     manifest.update(
-        status="running", pid=os.getpid(), host=platform.node(), environment=environment_info()
+        status="running",
+        pid=os.getpid(),
+        host=platform.node(),
+        environment=environment_info(),
+        **running,
     )
     write_json_atomic(run_dir / MANIFEST, manifest)
-    from inflame.training.seeding import seed_everything
-
-    seed_everything(ctx.seed)
     try:
-        app.train(ctx)
+        yield
     except KeyboardInterrupt:
         manifest.update(status="interrupted", finished=utc_now())
         write_json_atomic(run_dir / MANIFEST, manifest)
@@ -168,18 +174,64 @@ def _execute(
         manifest.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
         write_json_atomic(run_dir / MANIFEST, manifest)
         raise
+
+
+def _execute(
+    app: App, ctx: Context, run_dir: Path, manifest: dict[str, Any], resume_hint: str
+) -> TrainResult:
+    """Run app.train(ctx) in this process and record the outcome."""
+    from inflame.training.seeding import seed_everything
+
+    with _recorded(run_dir, manifest, resume_hint):
+        seed_everything(ctx.seed)
+        app.train(ctx)
+    return _finish(run_dir, manifest, ctx.recorded_inputs)
+
+
+def _finish(
+    run_dir: Path, manifest: dict[str, Any], recorded_inputs: dict[str, Any]
+) -> TrainResult:
+    """Hash every output into the manifest and mark the run completed."""
     outputs = hash_outputs(run_dir)
     manifest.update(
         status="completed",
         finished=utc_now(),
         environment=environment_info(),
-        extra_inputs=ctx.recorded_inputs,
+        extra_inputs=recorded_inputs,
         outputs=outputs,
         weights_sha256=outputs.get("weights.safetensors"),
     )
     manifest.pop("error", None)
     write_json_atomic(run_dir / MANIFEST, manifest)
     return TrainResult(run_dir=run_dir, manifest=manifest)
+
+
+def _execute_torchrun(
+    run_dir: Path, spec_dir: Path, manifest: dict[str, Any], nproc_per_node: int, resume_hint: str
+) -> TrainResult:
+    """Run the app in `nproc_per_node` processes (DDP) through torchrun on this machine."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc_per_node}",
+        "-m",
+        "inflame.worker",
+        str(run_dir),
+        str(spec_dir),
+    ]
+    with _recorded(run_dir, manifest, resume_hint, world_size=nproc_per_node):
+        code = subprocess.call(command)
+        if code != 0:
+            raise RunError(
+                f"A training process of {run_dir} failed (exit code {code}); its "
+                f"error is printed above. Fix it, then {resume_hint}."
+            )
+    recorded = run_dir / EXTRA_INPUTS
+    inputs = json.loads(recorded.read_text()) if recorded.is_file() else {}
+    recorded.unlink(missing_ok=True)
+    return _finish(run_dir, manifest, inputs)
 
 
 def train_local(
@@ -190,8 +242,10 @@ def train_local(
     resume: str | Path | None = None,
     runs_root: Path | None = None,
     argv: Sequence[str] | None = None,
+    nproc_per_node: int | None = None,
 ) -> TrainResult:
-    """Run the spec's app here; return the run directory and its final manifest."""
+    """Run the spec's app here (in `nproc_per_node` DDP processes when > 1); return the run
+    directory and its final manifest."""
     runs_root = runs_root or default_runs_root()
     previous: dict[str, Any] | None = None
     resume_dir: Path | None = None
@@ -220,6 +274,14 @@ def train_local(
                 file=sys.stderr,
             )
         manifest.setdefault("resumed", []).append({"at": utc_now(), "app_sha256": app_sha256})
+        started_with = int(previous.get("world_size", 1))
+        if nproc_per_node not in (None, started_with):
+            raise RunError(
+                f"Cannot resume {target} with --nproc-per-node {nproc_per_node}: it "
+                f"started with {started_with} process(es), and a different number "
+                "would not reproduce it. Leave the option out to use the same."
+            )
+        nproc_per_node = started_with
     else:
         if run_dir is not None:
             target = Path(run_dir)
@@ -235,11 +297,12 @@ def train_local(
         manifest = _new_manifest(spec, app, data, overrides, argv)
         (target / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")
 
+    hint = f"continue it with `inflame train --local --resume {target}`"
+    if nproc_per_node and nproc_per_node > 1:
+        return _execute_torchrun(target, spec_dir, manifest, nproc_per_node, hint)
     ctx = local_context(spec, spec.hyperparameters, target)
     ctx.spec_dir = spec_dir
-    return _execute(
-        app, ctx, target, manifest, f"continue it with `inflame train --local --resume {target}`"
-    )
+    return _execute(app, ctx, target, manifest, hint)
 
 
 def run_in_job(

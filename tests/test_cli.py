@@ -348,3 +348,29 @@ def test_demo_data_and_split_commands(cli, tmp_path: Path):
     assert sorted(p.name for p in (tmp_path / "split").iterdir()) == ["train", "val"]
     assert len(list((tmp_path / "split" / "val").rglob("*.jpg"))) == 6
     assert_clean_error(cli("split", tmp_path / "raw", tmp_path / "split"), "refusing to overwrite")
+
+
+def test_ddp_on_two_processes_is_deterministic_and_resumes(cli, write_spec, tmp_path: Path):
+    spec = write_spec(hyperparameters={"epochs": 3})
+    first = cli("train", "--local", spec, "--nproc-per-node", "2", "--run-dir", tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    manifest = manifest_of(tmp_path / "a")
+    assert manifest["status"] == "completed" and manifest["world_size"] == 2
+    epochs = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs if "epoch" in e] == [1, 2, 3]  # rank 0 logs, once
+    second = cli("train", "--local", spec, "--nproc-per-node", "2", "--run-dir", tmp_path / "b")
+    assert manifest_of(run_dir_of(second))["weights_sha256"] == manifest["weights_sha256"]
+
+    # interrupted after epoch 2: resume uses the run's own process count
+    run = tmp_path / "b"
+    (run / "checkpoints" / "epoch-0003.safetensors").unlink()
+    shutil.rmtree(run / "model")
+    (run / "manifest.json").write_text(
+        (run / "manifest.json").read_text().replace('"completed"', '"interrupted"')
+    )
+    assert_clean_error(
+        cli("train", "--resume", run, "--nproc-per-node", "1"), "started with 2 process(es)"
+    )
+    resumed = cli("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert manifest_of(run)["weights_sha256"] == manifest["weights_sha256"]

@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from inflame.errors import InflameError
 from inflame.runtime import Context
 from inflame.training.checkpoint import TrainingState, latest_checkpoint, save_checkpoint
+from inflame.training.distributed import all_reduce_sum, barrier
 from inflame.training.progress import Reporter, make_reporter
 from inflame.training.seeding import epoch_seed
 
@@ -68,14 +70,35 @@ def _count_correct(outputs: torch.Tensor, targets: torch.Tensor) -> int:
     return 0
 
 
-def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
+def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """Seed this epoch's augmentation (per process) and return the shuffling generator."""
     s = epoch_seed(seed, epoch)
-    random.seed(s)
-    np.random.seed(s % (2**32))
-    torch.manual_seed(s)
+    augment = (s + rank * 104_729) % (2**63)  # each process augments differently
+    random.seed(augment)
+    np.random.seed(augment % (2**32))
+    torch.manual_seed(augment)
     generator = torch.Generator()
     generator.manual_seed(s)
     return generator
+
+
+def _order(
+    dataset: Dataset, ctx: Context, epoch: int, generator: torch.Generator | None, *, shuffle: bool
+) -> dict[str, Any]:
+    """DataLoader arguments for the sample order: a seeded shuffle, or with several processes
+    a DistributedSampler whose shards depend only on (seed, epoch)."""
+    if ctx.world_size <= 1:
+        return {"shuffle": shuffle, "generator": generator}
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=shuffle,
+        seed=epoch_seed(ctx.seed, epoch),
+    )
+    return {"sampler": sampler}
 
 
 def _is_better(score: float, best: float | None, minimize: bool) -> bool:
@@ -114,6 +137,13 @@ def fit(
     model.to(device)
     reporter = reporter or make_reporter(enabled=ctx.is_main)
 
+    distributed = ctx.world_size > 1
+    if distributed and not dist.is_initialized():
+        raise InflameError(
+            "This job has several processes (WORLD_SIZE > 1) but no process "
+            "group; launch it with `inflame train --nproc-per-node N`."
+        )
+
     state = latest_checkpoint(ctx.checkpoint_dir)
     if state is not None:
         model.load_state_dict(state.model)
@@ -133,8 +163,19 @@ def fit(
         best_state = _state_copy(model)
         ctx.metrics.truncate(lambda r: False)  # a fresh start: no stale lines
     history = list(state.history)
+    # DDP wraps the model after any checkpoint is loaded; `model` stays the plain module
+    # (its state_dict is what checkpoints and the final weights hold).
+    net: nn.Module = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     n_train = len(train_data)  # type: ignore[arg-type]
+    if distributed:  # each process sees its shard (padded to equal sizes)
+        n_train = math.ceil(n_train / ctx.world_size)
     drop_last = n_train > batch_size and n_train % batch_size == 1  # BatchNorm needs >1
     batches = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
     pin = device.type == "cuda"
@@ -143,18 +184,17 @@ def fit(
         for epoch in range(state.epoch, epochs):
             if state.stopped_early:
                 break
-            generator = _seed_epoch(ctx.seed, epoch)
+            generator = _seed_epoch(ctx.seed, epoch, ctx.rank)
             loader = DataLoader(
                 train_data,
                 batch_size=batch_size,
-                shuffle=True,
-                generator=generator,
                 num_workers=num_workers,
                 drop_last=drop_last,
                 pin_memory=pin,
+                **_order(train_data, ctx, epoch, generator, shuffle=True),
             )
             train_stats = _run_epoch(
-                model, loader, loss_fn, optimizer, device, reporter, "train", batches, epoch
+                net, loader, loss_fn, optimizer, device, reporter, "train", batches, epoch
             )
             metrics: dict[str, Any] = {
                 "epoch": epoch + 1,
@@ -165,12 +205,12 @@ def fit(
                 val_loader = DataLoader(
                     val_data,
                     batch_size=batch_size,
-                    shuffle=False,
                     num_workers=num_workers,
                     pin_memory=pin,
+                    **_order(val_data, ctx, epoch, None, shuffle=False),
                 )
                 val_stats = _run_epoch(
-                    model,
+                    net,
                     val_loader,
                     loss_fn,
                     None,
@@ -215,6 +255,7 @@ def fit(
             state.history = history
             if ctx.is_main:
                 save_checkpoint(ctx.checkpoint_dir, state, keep=keep_checkpoints)
+            barrier()  # no process runs ahead of the checkpoint
             reporter.epoch_end(epoch + 1, metrics)
             if state.stopped_early:
                 reporter.message(
@@ -246,6 +287,7 @@ def _run_epoch(
     phase: str,
     batches: int,
     epoch: int,
+    reduce: bool = True,
 ) -> _EpochStats:
     training = optimizer is not None
     model.train(training)
@@ -272,6 +314,11 @@ def _run_epoch(
             stats.add(loss.item(), correct, n)
             reporter.batch(n, stats.loss, stats.accuracy)
     stats.seconds = time.perf_counter() - start
+    if reduce:  # every process gets the totals over all shards
+        stats.loss_sum, correct, seen = all_reduce_sum(
+            [stats.loss_sum, float(stats.correct), float(stats.seen)], device
+        )
+        stats.correct, stats.seen = int(correct), int(seen)
     return stats
 
 
@@ -299,5 +346,6 @@ def evaluate(
         "test",
         len(loader),
         0,
+        reduce=False,  # evaluate() may run on one process only
     )
     return {"loss": stats.loss, "accuracy": stats.accuracy}

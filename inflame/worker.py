@@ -1,0 +1,44 @@
+"""One process of a multi-process local run: `torchrun … -m inflame.worker RUN_DIR SPEC_DIR`.
+
+The parent (`inflame train --nproc-per-node N`) has validated the spec and written the run
+directory; each worker rebuilds the job from RUN_DIR/spec.toml, takes its rank from torchrun's
+variables, joins the process group and runs the app. Rank 0 writes metrics, checkpoints and
+the model; the parent finishes the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from inflame.errors import InflameError
+
+
+def main() -> None:
+    run_dir, spec_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    from inflame.launcher import EXTRA_INPUTS, prepare_job
+    from inflame.runs import SPEC_FILE
+    from inflame.runtime import local_context
+    from inflame.training.distributed import close_distributed, init_distributed
+    from inflame.training.seeding import seed_everything
+
+    try:
+        job = prepare_job(run_dir / SPEC_FILE)
+        ctx = local_context(job.spec, job.spec.hyperparameters, run_dir)
+        ctx.spec_dir = spec_dir
+        init_distributed(ctx)
+        seed_everything(ctx.seed)  # the same initial weights in every process
+        try:
+            job.app.train(ctx)
+            if ctx.is_main and ctx.recorded_inputs:  # for the parent's manifest
+                (run_dir / EXTRA_INPUTS).write_text(json.dumps(ctx.recorded_inputs))
+        finally:
+            close_distributed()
+    except InflameError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
+
+
+if __name__ == "__main__":
+    main()
