@@ -151,9 +151,13 @@ def _new_manifest(
 
 @contextmanager
 def _recorded(
-    run_dir: Path, manifest: dict[str, Any], resume_hint: str, **running: Any
+    run_dir: Path, manifest: dict[str, Any], resume_hint: str, *, write: bool = True, **running: Any
 ) -> Iterator[None]:
-    """Mark the run running; on Ctrl-C mark it interrupted, on any error failed."""
+    """Mark the run running; on Ctrl-C mark it interrupted, on any error failed. With
+    write=False (processes other than rank 0) nothing is recorded."""
+    if not write:
+        yield
+        return
     manifest.update(
         status="running",
         pid=os.getpid(),
@@ -179,12 +183,22 @@ def _recorded(
 def _execute(
     app: App, ctx: Context, run_dir: Path, manifest: dict[str, Any], resume_hint: str
 ) -> TrainResult:
-    """Run app.train(ctx) in this process and record the outcome."""
+    """Run app.train(ctx) in this process (joining the process group when the job has
+    several) and, on rank 0, record the outcome."""
+    from inflame.training.distributed import close_distributed, init_distributed
     from inflame.training.seeding import seed_everything
 
-    with _recorded(run_dir, manifest, resume_hint):
-        seed_everything(ctx.seed)
-        app.train(ctx)
+    extra = {"world_size": ctx.world_size} if ctx.world_size > 1 else {}
+    with _recorded(run_dir, manifest, resume_hint, write=ctx.is_main, **extra):
+        distributed = init_distributed(ctx)
+        try:
+            seed_everything(ctx.seed)
+            app.train(ctx)
+        finally:
+            if distributed:
+                close_distributed()
+    if not ctx.is_main:
+        return TrainResult(run_dir=run_dir, manifest=manifest)
     return _finish(run_dir, manifest, ctx.recorded_inputs)
 
 
@@ -321,18 +335,20 @@ def run_in_job(
     paths = job_paths(spec, env, bound, platform_name)
     rank, local_rank, world_size = distributed_ranks(env)
     run_dir = paths.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     data = hash_data_inputs(paths.data)
-    if (run_dir / MANIFEST).is_file():
-        manifest = read_manifest(run_dir)
-    else:
-        manifest = _new_manifest(spec, app, data, (), argv)
-        manifest["platform"] = paths.platform
-        (run_dir / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")
-    if any(paths.checkpoint_dir.glob("epoch-*.safetensors")):  # a restarted job
-        manifest.setdefault("resumed", []).append(
-            {"at": utc_now(), "from": str(paths.checkpoint_dir)}
-        )
+    manifest: dict[str, Any] = {}
+    if rank == 0:  # only the first process writes the run directory's records
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if (run_dir / MANIFEST).is_file():
+            manifest = read_manifest(run_dir)
+        else:
+            manifest = _new_manifest(spec, app, data, (), argv)
+            manifest["platform"] = paths.platform
+            (run_dir / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")
+        if any(paths.checkpoint_dir.glob("epoch-*.safetensors")):  # a restarted job
+            manifest.setdefault("resumed", []).append(
+                {"at": utc_now(), "from": str(paths.checkpoint_dir)}
+            )
     ctx = Context(
         job_name=spec.job.name,
         data=DataInputs(paths.data, where=str(spec.path)),

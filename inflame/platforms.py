@@ -7,6 +7,7 @@ are honoured when present (SageMaker's SM_CHANNEL_<NAME>, SM_MODEL_DIR).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,46 @@ class BoundPaths:
 
 
 RESOLVERS = {"sagemaker": sagemaker_paths, "vertex": vertex_paths}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The nodes of a job, as torchrun needs them."""
+
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+
+
+def sagemaker_cluster(env: Mapping[str, str]) -> Cluster:
+    """From SageMaker's resourceconfig.json: hosts algo-1…algo-N, this host, master algo-1."""
+    config_dir = Path(env.get("SM_INPUT_CONFIG_DIR", "/opt/ml/input/config"))
+    try:
+        config = json.loads((config_dir / "resourceconfig.json").read_text())
+        hosts, current = list(config["hosts"]), config["current_host"]
+        return Cluster(len(hosts), hosts.index(current), sorted(hosts)[0], 7777)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InflameError(
+            f"Cannot read SageMaker's cluster description in {config_dir}: {exc}."
+        ) from None
+
+
+def vertex_cluster(env: Mapping[str, str]) -> Cluster:
+    """From Vertex AI's CLUSTER_SPEC: pool 0 is the primary (node 0), pool 1 the workers."""
+    try:
+        spec = json.loads(env["CLUSTER_SPEC"])
+        pools, task = spec["cluster"], spec["task"]
+        primary = pools["workerpool0"][0]
+        workers = pools.get("workerpool1", [])
+        node_rank = 0 if task["type"] == "workerpool0" else 1 + int(task["index"])
+        host, _, port = primary.rpartition(":")
+        return Cluster(1 + len(workers), node_rank, host, int(port))
+    except (KeyError, ValueError, IndexError) as exc:
+        raise InflameError(f"Cannot read Vertex AI's CLUSTER_SPEC: {exc!r}.") from None
+
+
+CLUSTERS = {"sagemaker": sagemaker_cluster, "vertex": vertex_cluster}
 
 
 def job_paths(

@@ -92,7 +92,6 @@ def test_dry_run_yaml_loads_with_the_sdk_and_is_offline(az_spec, tmp_path: Path)
         ({"targets": {"azure": {"subscription_id": "my-sub"}}}, "must be a GUID"),
         ({"targets": {"azure": {"workspce": "ws"}}}, "Did you mean `workspace`?"),
         ({"data": {"train": "s3://bucket/train"}}, "Azure ML reads data from a datastore"),
-        ({"compute": {"nodes": 2}}, "multi-GPU and multi-node jobs"),
     ],
 )
 def test_plan_errors_are_precise(az_spec, tables, fragment):
@@ -181,3 +180,52 @@ def test_a_missing_sdk_names_the_extra(az_spec, monkeypatch):
     monkeypatch.setitem(sys.modules, "azure.ai.ml", None)  # as if azure-ai-ml were absent
     with pytest.raises(InflameError, match=r'pip install "inflame\[azure\]"'):
         plan_submission(az_spec(), "azure")
+
+
+def test_several_gpus_and_nodes_map_to_a_pytorch_distribution(az_spec, tmp_path: Path):
+    plan = plan_submission(az_spec(compute={"gpus_per_node": 2, "nodes": 3}), "azure")
+    out = tmp_path / "job.yml"
+    out.write_text(plan.rendered)
+    job = load_job(source=out)
+    assert job.distribution.process_count_per_instance == 2
+    assert job.resources.instance_count == 3
+    assert job.command.startswith("flock ") and "--nnodes 3 --nproc-per-node 2" in job.command
+
+
+def test_azure_started_processes_train_together(az_spec, demo_set: Path, tmp_path: Path):
+    """Azure ML's PyTorch distribution starts every process itself, with RANK, LOCAL_RANK,
+    WORLD_SIZE, MASTER_ADDR and MASTER_PORT set; each runs the job's command."""
+    plan = plan_submission(az_spec(compute={"gpus_per_node": 2}), "azure")
+    node = tmp_path / "node"
+    shutil.copytree(stage_bundle(plan.bundle), node / "code")
+    command = plan.request["command"]
+    for name in ("train", "val"):
+        shutil.copytree(demo_set / name, node / "mnt" / name)
+        command = command.replace(f"${{{{inputs.{name}}}}}", str(node / "mnt" / name))
+    command = command.replace("${{outputs.run}}", str(node / "outputs" / "run"))
+    command = command.replace("${{outputs.checkpoints}}", str(node / "checkpoints"))
+    port = str(29_500 + os.getpid() % 1000)
+    procs = [
+        subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=node / "code",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=guarded_env(
+                **plan.request["environment_variables"],
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            ),
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    manifest = json.loads((node / "outputs" / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["world_size"] == 2
+    assert (node / "outputs" / "run" / "model" / "weights.safetensors").is_file()

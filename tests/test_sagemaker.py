@@ -126,7 +126,6 @@ def test_dry_run_is_offline_exact_and_valid(sm_spec, tmp_path: Path):
             {"targets": {"sagemaker": {"instance": "ml.p3.2xlarge"}}},
             ["unknown key `targets.sagemaker.instance`", "Did you mean `instance_type`?"],
         ),
-        ({"compute": {"gpus_per_node": 4}}, ["multi-GPU", "not available yet"]),
         ({"hyperparameters": {"epoch": 2}}, ["unknown hyperparameter `epoch`"]),
     ],
 )
@@ -349,3 +348,21 @@ def test_two_submissions_in_the_same_second_get_different_job_names(sm_spec):
     assert first.job_name != second.job_name
     assert first.job_name.startswith("tiny-sm-") and second.job_name.startswith("tiny-sm-")
     assert len(first.job_name) <= 63
+
+
+def test_several_gpus_and_nodes_map_to_instances_and_torchrun(sm_spec):
+    plan = plan_submission(sm_spec(compute={"gpus_per_node": 4, "nodes": 2}), "sagemaker")
+    validate_request(plan.request)
+    assert plan.request["ResourceConfig"]["InstanceCount"] == 2
+    script = plan.request["AlgorithmSpecification"]["ContainerArguments"][0]
+    assert "python -m inflame.job spec.toml --nnodes 2 --nproc-per-node 4" in script
+
+
+def test_container_starts_one_process_per_gpu(aws, sm_spec, demo_set: Path, tmp_path: Path):
+    """gpus_per_node = 2 on one instance: the job relaunches itself under torchrun (here on
+    CPU, with gloo) and the two processes train one model."""
+    plan = plan_submission(sm_spec(compute={"gpus_per_node": 2}), "sagemaker")
+    result = _simulate_container(plan, demo_set, tmp_path / "opt", tmp_path / "ckpt")
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifest = json.loads((tmp_path / "opt" / "model" / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["world_size"] == 2

@@ -81,7 +81,6 @@ def test_dry_run_parses_as_the_api_type_and_is_offline(vx_spec, tmp_path: Path):
         ({"targets": {"vertex": {"staging_bucket": "my-staging"}}}, "must be a bucket URI"),
         ({"targets": {"vertex": {"machine": "a2"}}}, "Did you mean `machine_type`?"),
         ({"data": {"train": "s3://bucket/train"}}, "Vertex AI reads data from Cloud Storage"),
-        ({"compute": {"gpus_per_node": 8}}, "multi-GPU and multi-node jobs"),
     ],
 )
 def test_plan_errors_are_precise(vx_spec, tables, fragment):
@@ -193,3 +192,12 @@ def test_missing_credentials_get_the_gcloud_hint(vx_spec, tmp_path: Path, monkey
     with pytest.raises(InflameError, match="gcloud auth application-default login"):
         submit_plan(plan_submission(vx_spec(), "vertex"), ledger)
     assert ledger.all()[0].status == "submit-failed"
+
+
+def test_several_nodes_map_to_two_worker_pools(vx_spec):
+    plan = plan_submission(vx_spec(compute={"gpus_per_node": 2, "nodes": 3}), "vertex")
+    job = CustomJob.from_json(json.dumps(plan.request))
+    primary, workers = job.job_spec.worker_pool_specs
+    assert (primary.replica_count, workers.replica_count) == (1, 2)
+    assert primary.machine_spec.accelerator_count == workers.machine_spec.accelerator_count == 2
+    assert "--nnodes 3 --nproc-per-node 2" in workers.container_spec.args[0]

@@ -26,9 +26,10 @@ from inflame.targets.base import (
     Plan,
     Submitted,
     TargetSettings,
+    launch_args,
     missing_sdk,
     plan_summary,
-    require_single_gpu,
+    processes_per_node,
     unique_job_name,
 )
 
@@ -73,13 +74,16 @@ def stage_bundle(bundle: Bundle) -> Path:
     return folder
 
 
-def job_command(data_names: list[str]) -> str:
+def job_command(data_names: list[str], launch: str = "") -> str:
+    """Azure ML runs this in every process (with a PyTorch distribution, G per node), so
+    the install step takes a lock."""
     bind = " ".join(f"--data {name}=${{{{inputs.{name}}}}}" for name in data_names)
     return (
-        "python -m pip install --quiet --disable-pip-version-check -r requirements.txt && "
+        "flock /tmp/inflame-pip.lock python -m pip install --quiet --disable-pip-version-check "
+        "-r requirements.txt && "
         'PYTHONPATH="$PWD/vendor${PYTHONPATH:+:$PYTHONPATH}" python -m inflame.job spec.toml '
         f"--platform azure {bind} --run-dir ${{{{outputs.run}}}} "
-        "--checkpoint-dir ${{outputs.checkpoints}}"
+        f"--checkpoint-dir ${{{{outputs.checkpoints}}}}{launch}"
     )
 
 
@@ -114,7 +118,6 @@ class AzureMLTarget:
         compute = settings.get("compute", required=True, example='"gpu-cluster"')
         environment = settings.get("environment", DEFAULT_ENVIRONMENT)
         datastore = settings.get("datastore", "workspaceblobstore")
-        require_single_gpu(spec)
         for name, item in spec.data.items():
             if not item.value.startswith(("azureml://", "https://")):
                 raise InflameError(
@@ -132,7 +135,7 @@ class AzureMLTarget:
             experiment_name=settings.get("experiment", spec.job.name),
             description=spec.job.description or None,
             code=str(stage_bundle(bundle)),
-            command=job_command(list(spec.data)),
+            command=job_command(list(spec.data), launch_args(spec)),
             environment=environment,
             compute=compute,
             inputs={
@@ -158,6 +161,10 @@ class AzureMLTarget:
                 "inflame:bundle-sha256": bundle.sha256,
             },
         )
+        if spec.compute.nodes * processes_per_node(spec) > 1:  # Azure starts every process
+            job.distribution = ml.PyTorchDistribution(
+                process_count_per_instance=processes_per_node(spec)
+            )
         if spec.compute.spot:
             job.queue_settings = entities.QueueSettings(job_tier="spot")
         rendered = self._dump(job)

@@ -94,14 +94,15 @@ def plan_summary(
     }
 
 
-def require_single_gpu(spec: JobSpec) -> None:
-    """Until inflame launches DDP (torchrun), a job is one process on one GPU."""
-    if spec.compute.nodes > 1 or spec.compute.gpus_per_node > 1:
-        raise InflameError(
-            f"Invalid job spec, {spec.locate(('compute',))}: multi-GPU and multi-node jobs "
-            "need inflame's distributed (DDP) launch, which is not available yet. Set "
-            "`gpus_per_node = 1` and `nodes = 1` under [compute]."
-        )
+def processes_per_node(spec: JobSpec) -> int:
+    """One training process per GPU (one on a CPU-only node)."""
+    return max(1, spec.compute.gpus_per_node)
+
+
+def launch_args(spec: JobSpec) -> str:
+    """`inflame.job` arguments for a job of several processes (empty for one)."""
+    nodes, per_node = spec.compute.nodes, processes_per_node(spec)
+    return f" --nnodes {nodes} --nproc-per-node {per_node}" if nodes * per_node > 1 else ""
 
 
 def missing_sdk(target: str, extra: str, exc: ImportError) -> InflameError:

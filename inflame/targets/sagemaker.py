@@ -29,9 +29,9 @@ from inflame.targets.base import (
     Plan,
     Submitted,
     TargetSettings,
+    launch_args,
     missing_sdk,
     plan_summary,
-    require_single_gpu,
     unique_job_name,
 )
 
@@ -117,7 +117,6 @@ class SageMakerTarget:
         output = output.rstrip("/")
         instance_type = settings.get("instance_type", "ml.g5.xlarge")
         image = settings.get("image", DEFAULT_IMAGE.format(region=region))
-        require_single_gpu(spec)
         channels = []
         for name, item in spec.data.items():
             if not item.value.startswith("s3://"):
@@ -152,7 +151,7 @@ class SageMakerTarget:
                 "TrainingImage": image,
                 "TrainingInputMode": "File",
                 "ContainerEntrypoint": ["/bin/bash", "-c"],
-                "ContainerArguments": [ENTRY_SCRIPT],
+                "ContainerArguments": [ENTRY_SCRIPT.rstrip("\n") + launch_args(spec) + "\n"],
             },
             "InputDataConfig": [
                 {

@@ -25,9 +25,9 @@ from inflame.targets.base import (
     Plan,
     Submitted,
     TargetSettings,
+    launch_args,
     missing_sdk,
     plan_summary,
-    require_single_gpu,
     unique_job_name,
 )
 
@@ -99,7 +99,6 @@ class VertexTarget:
         machine_type = settings.get("machine_type", "g2-standard-8")
         accelerator = settings.get("accelerator_type", "NVIDIA_L4")
         image = settings.get("image", DEFAULT_IMAGE)
-        require_single_gpu(spec)
         for name, item in spec.data.items():
             if not item.value.startswith("gs://"):
                 raise InflameError(
@@ -122,7 +121,11 @@ class VertexTarget:
             "container_spec": {
                 "image_uri": image,
                 "command": ["bash", "-c"],
-                "args": [ENTRY_SCRIPT.format(bundle=f"{bucket}/{code_key}")],
+                "args": [
+                    ENTRY_SCRIPT.format(bundle=f"{bucket}/{code_key}").rstrip("\n")
+                    + launch_args(spec)
+                    + "\n"
+                ],
                 "env": [
                     {"name": "INFLAME_PLATFORM", "value": "vertex"},
                     {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -141,7 +144,13 @@ class VertexTarget:
         # Build the job offline: anonymous credentials, no request is sent.
         job = aiplatform.CustomJob(
             display_name=name,
-            worker_pool_specs=[pool],
+            # pool 0: the primary node; pool 1: the other nodes (Vertex's CLUSTER_SPEC names both)
+            worker_pool_specs=[pool]
+            + (
+                [{**pool, "replica_count": spec.compute.nodes - 1}]
+                if spec.compute.nodes > 1
+                else []
+            ),
             base_output_dir=base_output,
             project=project,
             location=region,
