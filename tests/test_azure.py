@@ -17,7 +17,15 @@ from azure.ai.ml import load_job
 from inflame import tomlfile
 from inflame.errors import InflameError
 from inflame.ledger import Ledger
-from inflame.submit import cancel, follow, plan_submission, refresh, submit_plan
+from inflame.submit import (
+    cancel,
+    download,
+    follow,
+    job_logs,
+    plan_submission,
+    refresh,
+    submit_plan,
+)
 from inflame.targets.azure import TARGET, stage_bundle
 from tests.conftest import guarded_env
 from tests.fakes.azureml import FakeAzureML
@@ -76,6 +84,9 @@ def test_dry_run_yaml_loads_with_the_sdk_and_is_offline(az_spec, tmp_path: Path)
     assert job.compute.endswith("gpu-cluster") and job.resources.instance_count == 1
     assert job.inputs["train"].path == f"{STORE}/fowl/train"
     assert job.inputs["train"].mode == "ro_mount" and job.outputs["run"].mode == "rw_mount"
+    assert job.outputs["run"].path.startswith(
+        "azureml://datastores/workspaceblobstore/paths/inflame/jobs/tiny_az-"
+    )
     assert "--data train=${{inputs.train}}" in job.command
     assert "--run-dir ${{outputs.run}}" in job.command
     assert job.environment_variables["INFLAME_PLATFORM"] == "azure"
@@ -128,13 +139,16 @@ def test_submit_status_and_cancel_through_mlclient(az_spec, tmp_path: Path, monk
         assert refresh(record, ledger).state == "pending"
         cancel(record, ledger)
         assert refresh(record, ledger).state == "stopping"
-        with pytest.raises(InflameError, match="does not read Azure ML logs yet"):
-            list(TARGET.logs(record.provider_id, plan.locator))
-        # --follow on a target without log streaming follows the status instead
+        # --follow when the logs cannot be read: it follows the status instead
         fake.jobs[record.provider_id]["properties"]["status"] = "Completed"
+
+        def unreadable(*args: object) -> None:
+            raise InflameError("no access to the artifact store")
+
+        monkeypatch.setattr(TARGET, "logs", unreadable)
         lines: list[str] = []
         state = follow(record, ledger, logs=True, emit=lines.append, sleep=lambda s: None)
-        assert state.state == "completed" and "does not read Azure ML logs" in lines[0]
+        assert state.state == "completed" and "no access to the artifact store" in lines[0]
 
 
 def _run_node(plan, demo_set: Path, node: Path, checkpoints: Path) -> subprocess.CompletedProcess:
@@ -158,7 +172,7 @@ def _run_node(plan, demo_set: Path, node: Path, checkpoints: Path) -> subprocess
 
 
 def test_job_command_runs_the_same_loop_on_a_simulated_node(
-    az_spec, demo_set: Path, tmp_path: Path
+    az_spec, demo_set: Path, tmp_path: Path, monkeypatch
 ):
     plan = plan_submission(az_spec(hyperparameters={"epochs": 2}), "azure")
     checkpoints = tmp_path / "datastore" / "checkpoints"
@@ -174,6 +188,32 @@ def test_job_command_runs_the_same_loop_on_a_simulated_node(
     assert second.returncode == 0, second.stdout + second.stderr
     again = json.loads((tmp_path / "node2" / "outputs" / "run" / "manifest.json").read_text())
     assert again["resumed"] and again["weights_sha256"] == manifest["weights_sha256"]
+
+    # Azure ML keeps the `run` output on the datastore and the logs in the artifact store:
+    # `inflame logs` and `inflame download` read them with azure-storage-blob
+    with FakeAzureML() as fake:
+        for name in ("client", "credential", "blob_options"):
+            monkeypatch.setattr(TARGET, name, getattr(fake, name))
+        ledger = Ledger(tmp_path / "ledger.sqlite")
+        record = submit_plan(plan, ledger)
+        job = record.provider_id
+        fake.put_folder("azureml-blobstore", f"inflame/jobs/{job}/run/", run)
+        fake.store[("azureml", f"ExperimentRun/dcid.{job}/user_logs/std_log.txt")] = (
+            first.stdout + first.stderr
+        ).encode()
+        assert "inflame: run complete" in "\n".join(job_logs(record))
+        with pytest.raises(InflameError, match="once it has completed"):
+            download(record, tmp_path / "early")
+        fake.jobs[job]["properties"]["status"] = "Completed"
+        local = download(record, tmp_path / "downloaded")
+    assert (
+        json.loads((local / "manifest.json").read_text())["weights_sha256"]
+        == manifest["weights_sha256"]
+    )
+    from inflame.predict import Predictor
+
+    [answer] = Predictor.from_run(local).predict([next((demo_set / "test" / "circle").iterdir())])
+    assert answer["label"] in ("circle", "square", "triangle")
 
 
 def test_a_missing_sdk_names_the_extra(az_spec, monkeypatch):
@@ -229,3 +269,16 @@ def test_azure_started_processes_train_together(az_spec, demo_set: Path, tmp_pat
     manifest = json.loads((node / "outputs" / "run" / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["world_size"] == 2
     assert (node / "outputs" / "run" / "model" / "weights.safetensors").is_file()
+
+
+def test_missing_credentials_get_the_az_login_hint(az_spec, tmp_path: Path, monkeypatch):
+    from azure.identity import EnvironmentCredential
+
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    # a real azure-identity credential with nothing to go on: it fails before any request
+    monkeypatch.setattr(TARGET, "credential", EnvironmentCredential)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    with pytest.raises(InflameError, match="Run `az login`"):
+        submit_plan(plan_submission(az_spec(), "azure"), ledger)
+    assert ledger.all()[0].status == "submit-failed"

@@ -58,6 +58,9 @@ _STATES = {
     "NotResponding": "running",
     "Paused": "pending",
 }
+RUN_PREFIX = "inflame/jobs/{job}/run/"  # the `run` output, on the job's datastore
+LOGS_DATASTORE = "workspaceartifactstore"
+LOGS_PREFIX = "ExperimentRun/dcid.{job}/user_logs/"
 _GUID_RE = re.compile(r"^[0-9a-fA-F-]{36}$")
 
 
@@ -143,7 +146,11 @@ class AzureMLTarget:
                 for n, item in spec.data.items()
             },
             outputs={
-                "run": ml.Output(type="uri_folder", mode="rw_mount"),
+                "run": ml.Output(
+                    type="uri_folder",
+                    mode="rw_mount",
+                    path=f"azureml://datastores/{datastore}/paths/{RUN_PREFIX.format(job=name)}",
+                ),
                 "checkpoints": ml.Output(
                     type="uri_folder",
                     mode="rw_mount",
@@ -176,7 +183,7 @@ class AzureMLTarget:
             where={"workspace": f"{subscription}/{resource_group}/{workspace}", "compute": compute},
             image=environment,
             spot="job tier spot",
-            outputs=f"named output `run` of job {name}",
+            outputs=f"azureml://datastores/{datastore}/paths/{RUN_PREFIX.format(job=name)}",
         )
         import yaml
 
@@ -192,6 +199,7 @@ class AzureMLTarget:
                 "subscription_id": subscription,
                 "resource_group": resource_group,
                 "workspace": workspace,
+                "datastore": datastore,
             },
         )
 
@@ -207,16 +215,36 @@ class AzureMLTarget:
                 raise InflameError(f"The Azure ML job does not validate: {exc}") from None
             return path.read_text(encoding="utf-8")
 
+    def credential(self) -> Any:
+        """The user's Azure credential (az login, managed identity, environment…)."""
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+
     def client(self, locator: dict[str, Any]) -> Any:
         """An MLClient for the workspace, with the user's Azure credentials."""
         ml, _ = self._sdk()
-        from azure.identity import DefaultAzureCredential
-
         return ml.MLClient(
-            DefaultAzureCredential(),
+            self.credential(),
             locator["subscription_id"],
             locator["resource_group"],
             locator["workspace"],
+        )
+
+    def blob_options(self) -> dict[str, Any]:
+        """Extra azure-storage-blob client arguments (tests pass a loopback transport)."""
+        return {}
+
+    def container(self, locator: dict[str, Any], datastore: str) -> Any:
+        """The blob container behind a workspace datastore, read with the user's credential."""
+        from azure.storage.blob import ContainerClient
+
+        store = self._call(
+            f"Reading datastore {datastore}", self.client(locator).datastores.get, datastore
+        )
+        account_url = f"{store.protocol or 'https'}://{store.account_name}.blob.{store.endpoint}"
+        return ContainerClient(
+            account_url, store.container_name, credential=self.credential(), **self.blob_options()
         )
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -250,35 +278,49 @@ class AzureMLTarget:
         return JobState(state=_STATES.get(provider_state, "pending"), provider_state=provider_state)
 
     def logs(self, provider_id: str, locator: dict[str, Any]) -> Iterator[str]:
-        raise InflameError(
-            "`inflame logs` does not read Azure ML logs yet; open the job's "
-            "studio link (`inflame jobs`) or run `az ml job stream --name "
-            f"{provider_id}`."
+        """The job's user logs (`user_logs/` in the workspace artifact store), file by file."""
+        container = self.container(locator, LOGS_DATASTORE)
+        prefix = LOGS_PREFIX.format(job=provider_id)
+        names = sorted(
+            blob.name
+            for blob in self._call(
+                "Listing the job's logs",
+                lambda: list(container.list_blobs(name_starts_with=prefix)),
+            )
         )
+        for name in names:
+            data = self._call(
+                "Reading the job's logs", lambda n=name: container.download_blob(n).readall()
+            )
+            yield from data.decode("utf-8", errors="replace").splitlines()
 
     def cancel(self, provider_id: str, locator: dict[str, Any]) -> None:
         self._call("Cancelling the job", self.client(locator).jobs.begin_cancel, provider_id)
 
     def download(self, provider_id: str, locator: dict[str, Any], destination: Path) -> Path:
+        """Copy the job's `run` output (manifest, metrics, model) from its datastore path."""
         state = self.status(provider_id, locator)
         if state.state != "completed":
             raise InflameError(
                 f"Job {provider_id} is {state.provider_state}; its model can be "
                 "downloaded once it has completed."
             )
-        with tempfile.TemporaryDirectory() as tmp:
-            self._call(
-                "Downloading the job's run output",
-                self.client(locator).jobs.download,
-                provider_id,
-                download_path=tmp,
-                output_name="run",
+        container = self.container(locator, locator.get("datastore", "workspaceblobstore"))
+        prefix = RUN_PREFIX.format(job=provider_id)
+        blobs = self._call(
+            "Listing the job's run output",
+            lambda: list(container.list_blobs(name_starts_with=prefix)),
+        )
+        for blob in blobs:
+            relative = blob.name[len(prefix) :]
+            if not relative or ".." in Path(relative).parts:
+                continue
+            target = destination / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = self._call(
+                f"Downloading {blob.name}", lambda b=blob.name: container.download_blob(b).readall()
             )
-            found = next(Path(tmp).rglob("manifest.json"), None)
-            if found is None:
-                raise InflameError(f"Job {provider_id}'s `run` output holds no manifest.json.")
-            for item in found.parent.iterdir():
-                item.rename(destination / item.name)
+            target.write_bytes(data)
         return destination
 
 

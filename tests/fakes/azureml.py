@@ -7,8 +7,10 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
+from xml.sax.saxutils import escape
 
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
@@ -44,7 +46,9 @@ class FakeAzureML:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, bytes]] = []
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.blobs: dict[str, bytes] = {}
+        self.blobs: dict[str, bytes] = {}  # code uploads, by path
+        # blobs behind the workspace datastores, by (container, name)
+        self.store: dict[tuple[str, str], bytes] = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,9 +75,70 @@ class FakeAzureML:
                 fake.requests.append(("HEAD", self.path, b""))
                 self._reply(404)
 
+            def _blob_get(self, parts: Any) -> None:
+                _, container, *rest = unquote(parts.path).lstrip("/").split("/")
+                query = parse_qs(parts.query)
+                if not rest and query.get("comp") == ["list"]:
+                    prefix = query.get("prefix", [""])[0]
+                    items = "".join(
+                        f"<Blob><Name>{escape(name)}</Name><Properties><Content-Length>"
+                        f"{len(data)}</Content-Length><BlobType>BlockBlob</BlobType>"
+                        "</Properties></Blob>"
+                        for (c, name), data in sorted(fake.store.items())
+                        if c == container and name.startswith(prefix)
+                    )
+                    body = (
+                        f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults '
+                        f'ContainerName="{container}"><Blobs>{items}</Blobs><NextMarker />'
+                        "</EnumerationResults>"
+                    ).encode()
+                    return self._raw(200, body, {"Content-Type": "application/xml"})
+                data = fake.store.get((container, "/".join(rest)))
+                if data is None:
+                    return self._raw(404, b"", {"x-ms-error-code": "BlobNotFound"})
+                headers = {
+                    "Content-Type": "application/octet-stream",
+                    "ETag": '"1"',
+                    "Last-Modified": "Sun, 22 Nov 2026 12:00:00 GMT",
+                    "x-ms-blob-type": "BlockBlob",
+                    "Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}",
+                }
+                return self._raw(206 if self.headers.get("x-ms-range") else 200, data, headers)
+
+            def _raw(self, code: int, data: bytes, headers: dict[str, str]) -> None:
+                self.send_response(code)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path, b""))
-                path = urlsplit(self.path).path
+                parts = urlsplit(self.path)
+                if ".blob.core.windows.net/" in parts.path:
+                    return self._blob_get(parts)
+                path = parts.path
+                store = re.search(r"/datastores/([^/?]+)$", path)
+                if store:
+                    container = {"workspaceartifactstore": "azureml"}.get(
+                        store.group(1), "azureml-blobstore"
+                    )
+                    return self._reply(
+                        200,
+                        {
+                            "id": path.split("/", 2)[2],
+                            "name": store.group(1),
+                            "properties": {
+                                "datastoreType": "AzureBlob",
+                                "accountName": "fakeacct",
+                                "containerName": container,
+                                "endpoint": "core.windows.net",
+                                "protocol": "https",
+                                "credentials": {"credentialsType": "None"},
+                            },
+                        },
+                    )
                 if "/codes/" in path and path.endswith("/versions"):
                     return self._reply(200, {"value": []})
                 job = re.search(r"/jobs/([^/?]+)$", path)
@@ -154,3 +219,17 @@ class FakeAzureML:
             enable_telemetry=False,
             show_progress=False,
         )
+
+    def credential(self) -> FakeCredential:
+        return FakeCredential()
+
+    def blob_options(self) -> dict[str, Any]:
+        return {"transport": RedirectTransport(self.port)}
+
+    def put_folder(self, container: str, prefix: str, folder: Path) -> None:
+        """Place a local folder's files in the fake datastore under `prefix`."""
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                self.store[(container, prefix + path.relative_to(folder).as_posix())] = (
+                    path.read_bytes()
+                )
