@@ -17,7 +17,7 @@ from typing import Any
 
 from inflame.apps import APP_FILE, App, find_app, load_app
 from inflame.errors import InflameError, RunError, RunInterrupted
-from inflame.hashing import sha256_file, tree_digest, tree_hashes
+from inflame.hashing import sha256_file, tree_digest
 from inflame.hparams import resolve_hparams
 from inflame.platforms import BoundPaths, job_paths
 from inflame.runs import (
@@ -110,10 +110,16 @@ def _check_resumable(
         )
 
 
-def _app_files(app: App) -> dict[str, str]:
-    if app.file.name == APP_FILE:
-        return tree_hashes(app.folder)
-    return {app.file.name: sha256_file(app.file)}
+def _app_files(app: App, spec: JobSpec) -> dict[str, str]:
+    """sha256 of the app's code: the files a code bundle would ship (ignore rules applied,
+    data inputs and secrets left out), so a data folder beside app.py is not "code"."""
+    if app.file.name != APP_FILE:
+        return {app.file.name: sha256_file(app.file)}
+    from inflame.packaging import collect_files
+
+    local_data = [item.path for item in spec.data.values() if item.is_local]
+    files, _ = collect_files(app.folder, exclude=local_data)
+    return {path.relative_to(app.folder).as_posix(): sha256_file(path) for path in files}
 
 
 def _new_manifest(
@@ -123,7 +129,7 @@ def _new_manifest(
     overrides: Sequence[str],
     argv: Sequence[str] | None,
 ) -> dict[str, Any]:
-    app_files = _app_files(app)
+    app_files = _app_files(app, spec)
     return {
         "format": "inflame.run/1",
         "job": {"name": spec.job.name, "description": spec.job.description},
@@ -280,7 +286,7 @@ def train_local(
         _check_resumable(resume_dir, previous, spec, data)
         target, manifest = resume_dir, previous
         spec_dir = Path(previous["spec"]["folder"])
-        app_sha256 = tree_digest(_app_files(app))
+        app_sha256 = tree_digest(_app_files(app, spec))
         if previous["app"]["sha256"] != app_sha256:
             print(
                 f"warning: the app's code changed since {target.name} started; the resumed "
@@ -335,13 +341,13 @@ def run_in_job(
     paths = job_paths(spec, env, bound, platform_name)
     rank, local_rank, world_size = distributed_ranks(env)
     run_dir = paths.run_dir
-    data = hash_data_inputs(paths.data)
     manifest: dict[str, Any] = {}
-    if rank == 0:  # only the first process writes the run directory's records
+    if rank == 0:  # only the first process hashes the inputs and writes the records
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / MANIFEST).is_file():
             manifest = read_manifest(run_dir)
         else:
+            data = hash_data_inputs(paths.data)
             manifest = _new_manifest(spec, app, data, (), argv)
             manifest["platform"] = paths.platform
             (run_dir / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")

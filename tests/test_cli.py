@@ -318,6 +318,7 @@ def test_init_scaffolds_an_app_that_trains_out_of_the_box(cli, tmp_path: Path):
     manifest = manifest_of(tmp_path / "myrun")
     assert manifest["status"] == "completed" and manifest["job"]["name"] == "myapp"
     assert manifest["app"]["file"] == str((tmp_path / "myapp" / "app.py").resolve())
+    assert set(manifest["app"]["files"]) == {"app.py", "job.toml"}  # data/ is not app code
 
 
 def test_demo_data_and_split_commands(cli, tmp_path: Path):
