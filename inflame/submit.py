@@ -149,10 +149,16 @@ def download(record: JobRecord, destination: Path) -> Path:
     """Fetch the job's run directory (manifest, metrics, model) into `destination`."""
     if destination.exists() and any(destination.iterdir()):
         raise InflameError(f"{destination} exists and is not empty; choose a new folder.")
+    target, provider_id = get_target(record.target), _require_provider_id(record)
+    locator = record.request["locator"]
+    state = target.status(provider_id, locator)
+    if state.state != "completed":
+        raise InflameError(
+            f"Job {provider_id} is {state.provider_state}; its model can be "
+            "downloaded once it has completed."
+        )
     destination.mkdir(parents=True, exist_ok=True)
-    get_target(record.target).download(
-        _require_provider_id(record), record.request["locator"], destination
-    )
+    target.download(provider_id, locator, destination, state)
     if not (destination / "model" / "model.json").is_file():
         raise InflameError(
             f"The job's output in {destination} holds no model/model.json; did "

@@ -204,6 +204,7 @@ def test_job_command_runs_the_same_loop_on_a_simulated_node(
         assert "inflame: run complete" in "\n".join(job_logs(record))
         with pytest.raises(InflameError, match="once it has completed"):
             download(record, tmp_path / "early")
+        assert not (tmp_path / "early").exists()  # refused before anything is written
         fake.jobs[job]["properties"]["status"] = "Completed"
         local = download(record, tmp_path / "downloaded")
     assert (

@@ -297,14 +297,10 @@ class AzureMLTarget:
     def cancel(self, provider_id: str, locator: dict[str, Any]) -> None:
         self._call("Cancelling the job", self.client(locator).jobs.begin_cancel, provider_id)
 
-    def download(self, provider_id: str, locator: dict[str, Any], destination: Path) -> Path:
+    def download(
+        self, provider_id: str, locator: dict[str, Any], destination: Path, state: JobState
+    ) -> Path:
         """Copy the job's `run` output (manifest, metrics, model) from its datastore path."""
-        state = self.status(provider_id, locator)
-        if state.state != "completed":
-            raise InflameError(
-                f"Job {provider_id} is {state.provider_state}; its model can be "
-                "downloaded once it has completed."
-            )
         container = self.container(locator, locator.get("datastore", "workspaceblobstore"))
         prefix = RUN_PREFIX.format(job=provider_id)
         blobs = self._call(

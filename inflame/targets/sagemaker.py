@@ -316,13 +316,11 @@ class SageMakerTarget:
             "Stopping the training job", client.stop_training_job, TrainingJobName=provider_id
         )
 
-    def download(self, provider_id: str, locator: dict[str, Any], destination: Path) -> Path:
-        state = self.status(provider_id, locator)
-        if state.state != "completed" or not state.model_uri:
-            raise InflameError(
-                f"Job {provider_id} is {state.provider_state}; its model can be "
-                "downloaded once it has completed."
-            )
+    def download(
+        self, provider_id: str, locator: dict[str, Any], destination: Path, state: JobState
+    ) -> Path:
+        if not state.model_uri:
+            raise InflameError(f"Job {provider_id} completed but reports no model artifact.")
         bucket, key = _split_s3(state.model_uri)
         s3 = self._session(locator).client("s3")
         body = self._call(f"Downloading {state.model_uri}", s3.get_object, Bucket=bucket, Key=key)[

@@ -326,13 +326,11 @@ class VertexTarget:
     def cancel(self, provider_id: str, locator: dict[str, Any]) -> None:
         self._call("Cancelling the job", self._job(provider_id, locator).cancel)
 
-    def download(self, provider_id: str, locator: dict[str, Any], destination: Path) -> Path:
-        state = self.status(provider_id, locator)
-        if state.state != "completed" or not state.model_uri:
-            raise InflameError(
-                f"Job {provider_id} is {state.provider_state}; its model can be "
-                "downloaded once it has completed."
-            )
+    def download(
+        self, provider_id: str, locator: dict[str, Any], destination: Path, state: JobState
+    ) -> Path:
+        if not state.model_uri:
+            raise InflameError(f"Job {provider_id} completed but reports no model artifact.")
         bucket, prefix = _split_gs(state.model_uri)
         client = self._call("Connecting to Cloud Storage", self.storage_client, locator)
         for blob in self._call(
