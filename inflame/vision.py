@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from inflame.errors import InflameError, RunError, did_you_mean
+from inflame.tensorfile import load_tensors, save_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,7 +30,7 @@ def classification_models() -> list[str]:
 
 def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        return load_tensors(path)
     state = torch.load(str(path), map_location="cpu", weights_only=True)  # no arbitrary pickle
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -163,7 +163,7 @@ def save_classifier(
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS_FILE
     tmp = weights.with_name(f".{WEIGHTS_FILE}.tmp")
-    save_file(tensors, str(tmp))
+    save_tensors(tensors, tmp)
     os.replace(tmp, weights)
     meta = {
         "format": MODEL_FORMAT,
@@ -195,6 +195,6 @@ def load_classifier(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             f"{meta_path} is not an inflame image classifier (format {meta.get('format')!r})."
         )
     model = build_classifier(meta["architecture"], len(meta["classes"]))
-    model.load_state_dict(load_file(str(weights)))
+    model.load_state_dict(load_tensors(weights))
     model.eval()
     return model, meta

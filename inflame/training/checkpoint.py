@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
 
 from inflame.errors import RunError
+from inflame.tensorfile import load_tensors, read_metadata, save_tensors
 
 _NAME_RE = re.compile(r"^epoch-(\d{4,})\.safetensors$")
 _META_KEY = "inflame"
@@ -98,7 +98,7 @@ def save_checkpoint(folder: Path, state: TrainingState, keep: int = 2) -> Path:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     target = checkpoint_path(folder, state.epoch)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+    save_tensors(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, target)
@@ -111,9 +111,8 @@ def save_checkpoint(folder: Path, state: TrainingState, keep: int = 2) -> Path:
 
 def load_checkpoint(path: Path) -> TrainingState:
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})[_META_KEY])
-        tensors = load_file(str(path))
+        meta = json.loads(read_metadata(path)[_META_KEY])
+        tensors = load_tensors(path)
     except Exception as exc:  # a foreign or damaged file
         raise RunError(
             f"Cannot read checkpoint {path}: {exc}. Delete it to resume from the "

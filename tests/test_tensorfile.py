@@ -1,0 +1,79 @@
+"""inflame's own safetensors reader and writer: the same files as the safetensors library."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from inflame.tensorfile import TensorFileError, load_tensors, read_metadata, save_tensors
+
+
+def sample() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {
+        "conv.weight": torch.randn(4, 3, 3, 3),
+        "bn.num_batches_tracked": torch.tensor(7),  # 0-dim int64
+        "half": torch.randn(5).half(),
+        "brain": torch.randn(3, 2).bfloat16(),
+        "mask": torch.tensor([True, False, True]),
+        "bytes": torch.arange(7, dtype=torch.uint8),  # odd size before wider ones
+        "empty": torch.zeros(0, 4),
+        "double": torch.randn(2, dtype=torch.float64),
+        "ints": torch.tensor([1, -2, 3], dtype=torch.int32),
+    }
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_round_trip_and_metadata(tmp_path: Path):
+    tensors, path = sample(), tmp_path / "t.safetensors"
+    save_tensors(tensors, path, metadata={"inflame": '{"epoch": 3}'})
+    assert_same(load_tensors(path), tensors)
+    assert read_metadata(path) == {"inflame": '{"epoch": 3}'}
+
+
+def test_the_library_reads_ours_and_we_read_the_librarys(tmp_path: Path):
+    tensors = sample()
+    ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
+    save_tensors(tensors, ours, metadata={"k": "v"})
+    assert_same(safetensors.torch.load_file(str(ours)), tensors)
+    with safetensors.safe_open(str(ours), framework="pt") as handle:
+        assert handle.metadata() == {"k": "v"}
+    safetensors.torch.save_file(tensors, str(theirs), metadata={"k": "v"})
+    assert_same(load_tensors(theirs), tensors)
+    assert read_metadata(theirs) == {"k": "v"}
+    # same layout as the library's: the files are byte for byte equal
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+def _header(payload: bytes) -> bytes:
+    return struct.pack("<Q", len(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x01\x02",
+        struct.pack("<Q", 10**9) + b"{}",  # a header longer than the file
+        _header(b"not json"),
+        _header(b"[1, 2]"),
+        _header(b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}') + b"\0" * 4,
+        _header(b'{"a": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}') + b"\0" * 4,
+        _header(b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}') + b"\0" * 8,
+    ],
+)
+def test_damaged_files_are_refused(tmp_path: Path, content: bytes):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(TensorFileError):
+        load_tensors(path)
