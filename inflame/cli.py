@@ -15,6 +15,7 @@ import typer
 
 from inflame import __version__
 from inflame.errors import InflameError
+from inflame.targets import PROVIDERS
 
 app = typer.Typer(
     name="inflame",
@@ -405,7 +406,7 @@ def init(
 @app.command()
 def submit(
     spec: Annotated[Path, typer.Argument(help="Job spec (TOML).", show_default=False)],
-    target: Annotated[str, typer.Option("--target", "-t", help="sagemaker, azure or vertex.")],
+    target: Annotated[str, typer.Option("--target", "-t", help=f"{', '.join(PROVIDERS)}.")],
     overrides: Annotated[
         list[str] | None,
         typer.Option(
@@ -429,19 +430,27 @@ def submit(
     ] = False,
 ) -> None:
     """Package the app and run it as a cloud GPU training job."""
+    from inflame.redact import redact
     from inflame.submit import plan_submission
 
     plan = plan_submission(spec, target, overrides or [])
     console = _stderr()
-    _print_summary(plan.summary)
-    for warning in plan.bundle.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+    _print_summary(redact(plan.summary, plan.secret_values))
+    for warning in (*plan.bundle.warnings, *plan.warnings):
+        console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if plan.bundle.excluded_secrets:
         console.print(
-            f"left {len(plan.bundle.excluded_secrets)} secret-looking file(s) out of "
-            "the code bundle"
+            "left secret-looking file(s) out of the code bundle: "
+            + ", ".join(plan.bundle.excluded_secrets),
+            soft_wrap=True,
         )
     if dry_run:
+        console.print("[bold]checked against[/bold]")
+        for check in plan.checks:
+            console.print(f"  - {check}", soft_wrap=True)
+        console.print(f"[bold]would send[/bold] {plan.endpoint}", soft_wrap=True)
+        for uri, what in plan.uploads.items():
+            console.print(f"[bold]would upload[/bold] {what} to {uri}", soft_wrap=True)
         print(plan.rendered)
         if output is not None:
             output.write_text(plan.rendered + "\n", encoding="utf-8")

@@ -1,45 +1,81 @@
-"""The entry point every cloud job runs:
+"""The entry point every cloud job runs (from the code bundle's entry.sh):
 
     python -m inflame.job SPEC [--platform NAME] [--data NAME=PATH …] [--run-dir PATH]
                                [--checkpoint-dir PATH] [--nnodes N --nproc-per-node G]
 
-It resolves the platform's paths (see `inflame.platforms`; on platforms that bind paths into
-the command line, from the arguments) and runs the app through the same launcher as
-`inflame train --local`, so the loop, checkpoints and manifest are identical.
+It asks the platform's provider (see `inflame.targets`) where the inputs, the run directory
+and the checkpoints are (or takes them from the command line, where the platform binds paths
+there) and runs the app through the same launcher as `inflame train --local`, so the loop,
+checkpoints and manifest are identical.
 
 With several processes (G per node on N nodes) on a platform that starts one container per
-node (SageMaker, Vertex AI), it re-executes itself under torchrun, taking the node rank and
-the master address from the platform's cluster description. Where the platform starts every
-process itself (Azure ML's PyTorch distribution), RANK is already set and it just runs.
+node (SageMaker, Vertex AI), it re-executes itself under torchrun, with the node rank and the
+master from the platform's cluster description, after waiting (bounded) for the master's
+host name to resolve. The processes torchrun starts carry our own marker (LAUNCHED_ENV), so
+they run the app instead of launching again; variables a platform sets for its own launcher
+(Vertex AI sets RANK and WORLD_SIZE per node) decide nothing. Where the platform starts every
+process itself (Azure ML's PyTorch distribution), the job runs directly.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inflame.errors import InflameError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from inflame.targets.base import Provider
+
+LAUNCHED_ENV = "INFLAME_LAUNCHED"  # set in the processes inflame's torchrun starts
+HOST_WAIT_S = 15 * 60  # as long as the sagemaker-training toolkit waits for host names
+
+
+def resolve_host(
+    host: str,
+    timeout: float = HOST_WAIT_S,
+    *,
+    lookup: Callable[[str], str] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """The address of `host`, retried with backoff until it resolves: cluster members' names
+    may not resolve yet when a node starts (SageMaker says so)."""
+    lookup = lookup or socket.gethostbyname
+    deadline, wait = clock() + timeout, 0.1
+    while True:
+        try:
+            return lookup(host)
+        except OSError as exc:
+            if clock() + wait > deadline:
+                raise InflameError(
+                    f"The master node's host name {host!r} did not resolve within "
+                    f"{timeout:.0f} s ({exc}); the cluster's network never came up."
+                ) from None
+            sleep(wait)
+            wait = min(wait * 2, 30.0)
+
 
 def torchrun_command(
-    args: Sequence[str], platform: str, nnodes: int, nproc_per_node: int, env: Mapping[str, str]
-) -> list[str]:
-    """The torchrun command that starts this job's processes on this node."""
+    args: Sequence[str],
+    provider: Provider,
+    nnodes: int,
+    nproc_per_node: int,
+    env: Mapping[str, str],
+) -> tuple[list[str], dict[str, str]]:
+    """The torchrun command that starts this node's processes, and their environment."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
+    child_env = {**env, LAUNCHED_ENV: "1"}
     if nnodes == 1:
         command.append("--standalone")
     else:
-        from inflame.platforms import CLUSTERS
-
-        if platform not in CLUSTERS:
-            raise InflameError(
-                f"A {nnodes}-node job on platform {platform!r} needs its cluster "
-                f"description; inflame reads those of {', '.join(CLUSTERS)}."
-            )
-        cluster = CLUSTERS[platform](env)
+        cluster = provider.cluster(env)
         if cluster.nnodes != nnodes:
             raise InflameError(
                 f"The job asked for {nnodes} nodes but the platform reports {cluster.nnodes}."
@@ -47,10 +83,22 @@ def torchrun_command(
         command += [
             f"--nnodes={nnodes}",
             f"--node-rank={cluster.node_rank}",
-            f"--master-addr={cluster.master_addr}",
+            f"--master-addr={resolve_host(cluster.master_addr)}",
             f"--master-port={cluster.master_port}",
         ]
-    return [*command, "-m", "inflame.job", *args]
+        if cluster.network_interface:
+            child_env.setdefault("NCCL_SOCKET_IFNAME", cluster.network_interface)
+    return [*command, "-m", "inflame.job", *args], child_env
+
+
+def _check_world(env: Mapping[str, str], nnodes: int, nproc_per_node: int) -> None:
+    """Processes the platform started must be as many as the job asked for."""
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world != nnodes * nproc_per_node:
+        raise InflameError(
+            f"The platform started {world} process(es) but the job asked for {nnodes} "
+            f"node(s) x {nproc_per_node} process(es)."
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -64,15 +112,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--nnodes", type=int, default=1)
     parser.add_argument("--nproc-per-node", type=int, default=1)
     args = parser.parse_args(raw)
+    from inflame.jobprep import prepare_job
     from inflame.launcher import run_in_job
-    from inflame.platforms import BoundPaths, detect_platform
+    from inflame.targets import detect_platform, get_target
+    from inflame.targets.base import BoundPaths
 
+    env = dict(os.environ)
     try:
-        platform = args.platform or detect_platform(os.environ)
+        platform = args.platform or detect_platform(env)
+        if platform is None:
+            raise InflameError(
+                "python -m inflame.job runs inside cloud jobs, and this is none (no "
+                "INFLAME_PLATFORM). Locally, use `inflame train --local`."
+            )
+        provider = get_target(platform)
         several = args.nnodes * args.nproc_per_node > 1
-        if several and "RANK" not in os.environ:  # this node's processes are not started yet
-            command = torchrun_command(raw, platform, args.nnodes, args.nproc_per_node, os.environ)
-            os.execv(command[0], command)
+        if several and provider.capabilities.starts_processes:
+            _check_world(env, args.nnodes, args.nproc_per_node)
+        elif several and not env.get(LAUNCHED_ENV):  # this node's processes: not started yet
+            command, child_env = torchrun_command(
+                raw, provider, args.nnodes, args.nproc_per_node, env
+            )
+            os.execve(command[0], command, child_env)
         bound = None
         if args.data or args.run_dir:
             if not args.run_dir or not args.checkpoint_dir:
@@ -81,12 +142,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             bound = BoundPaths(
                 {name: Path(path) for name, _, path in pairs}, args.run_dir, args.checkpoint_dir
             )
-        result = run_in_job(
-            args.spec,
-            argv=[sys.executable, "-m", "inflame.job", *raw],
-            bound=bound,
-            platform_name=platform,
-        )
+        job = prepare_job(args.spec)
+        paths = provider.job_paths(job.spec, env, bound)
+        result = run_in_job(job, paths, env, argv=[sys.executable, "-m", "inflame.job", *raw])
     except InflameError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(exc.exit_code) from None

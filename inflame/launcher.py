@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inflame.apps import APP_FILE, App, find_app, load_app
+from inflame.apps import APP_FILE, App, find_app
 from inflame.errors import InflameError, RunError, RunInterrupted
 from inflame.hashing import sha256_file, tree_digest
-from inflame.hparams import resolve_hparams
-from inflame.platforms import BoundPaths, job_paths
+from inflame.jobprep import PreparedJob, prepare_job
 from inflame.runs import (
     MANIFEST,
     SPEC_FILE,
@@ -42,34 +41,15 @@ from inflame.runtime import (
     require_local_data,
 )
 from inflame.spec import JobSpec, load_spec
+from inflame.targets.base import IMAGE_ENV, IMAGE_TORCH_ENV, JobPaths
 
 EXTRA_INPUTS = ".extra_inputs.json"  # rank 0 of a multi-process run hands these to the parent
-
-
-@dataclass(frozen=True)
-class PreparedJob:
-    spec: JobSpec  # with the app's resolved hyperparameters
-    app: App
 
 
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
     manifest: dict[str, Any]
-
-
-def prepare_job(spec_path: str | Path, overrides: Sequence[str] = ()) -> PreparedJob:
-    """Load the spec and the app, and check the hyperparameters against the app's
-    declaration. Touches nothing on disk."""
-    spec = load_spec(spec_path, overrides)
-    app = load_app(spec.job.app)
-    if app.hparams is None:
-        hparams = dict(spec.hyperparameters)
-    else:
-        hparams = resolve_hparams(
-            app.hparams, spec.hyperparameters, app_name=app.name, locate=spec.locate
-        )
-    return PreparedJob(spec=spec.with_hyperparameters(hparams), app=app)
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -110,15 +90,21 @@ def _check_resumable(
         )
 
 
-def _app_files(app: App, spec: JobSpec) -> dict[str, str]:
+def _app_files(app: App, spec: JobSpec, *, bundled: bool = False) -> dict[str, str]:
     """sha256 of the app's code: the files a code bundle would ship (ignore rules applied,
-    data inputs and secrets left out), so a data folder beside app.py is not "code"."""
+    data inputs and secrets left out), so a data folder beside app.py is not "code". In a
+    cloud job (`bundled`) the app folder is the bundle's, which holds just those files."""
     if app.file.name != APP_FILE:
         return {app.file.name: sha256_file(app.file)}
-    from inflame.packaging import collect_files
+    if bundled:
+        files = sorted(
+            p for p in app.folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        )
+    else:
+        from inflame.packaging import collect_files
 
-    local_data = [item.path for item in spec.data.values() if item.is_local]
-    files, _ = collect_files(app.folder, exclude=local_data)
+        local_data = [item.path for item in spec.data.values() if item.is_local]
+        files, _ = collect_files(app.folder, exclude=local_data)
     return {path.relative_to(app.folder).as_posix(): sha256_file(path) for path in files}
 
 
@@ -128,8 +114,10 @@ def _new_manifest(
     data: dict[str, Any],
     overrides: Sequence[str],
     argv: Sequence[str] | None,
+    *,
+    bundled: bool = False,
 ) -> dict[str, Any]:
-    app_files = _app_files(app, spec)
+    app_files = _app_files(app, spec, bundled=bundled)
     return {
         "format": "inflame.run/1",
         "job": {"name": spec.job.name, "description": spec.job.description},
@@ -150,7 +138,7 @@ def _new_manifest(
             "files": app_files,
         },
         "seed": spec.job.seed,
-        "hyperparameters": spec.hyperparameters,
+        "hyperparameters": spec.stored_hyperparameters,
         "data": data,
     }
 
@@ -326,19 +314,22 @@ def train_local(
 
 
 def run_in_job(
-    spec_path: str | Path,
+    job: PreparedJob,
+    paths: JobPaths,
     env: Mapping[str, str] | None = None,
     argv: Sequence[str] | None = None,
-    bound: BoundPaths | None = None,
-    platform_name: str | None = None,
 ) -> TrainResult:
-    """Inside a cloud job: resolve the platform's paths, then run the app exactly as
-    `train_local` does. The run directory is the folder the platform collects; a restarted
-    job (spot preemption) resumes from the platform's checkpoint folder."""
+    """Inside a cloud job, with the platform's paths: run the app exactly as `train_local`
+    does. The run directory is the folder the platform collects; a restarted job (spot
+    preemption) resumes from the platform's checkpoint folder."""
     env = os.environ if env is None else env
-    job = prepare_job(spec_path)
     spec, app = job.spec, job.app
-    paths = job_paths(spec, env, bound, platform_name)
+    missing = [f"{name} ({path})" for name, path in paths.data.items() if not path.is_dir()]
+    if missing:
+        raise InflameError(
+            f"Inside the {paths.platform} job, data input(s) {', '.join(missing)} are "
+            "not mounted. Check that the job's inputs match [data]."
+        )
     rank, local_rank, world_size = distributed_ranks(env)
     run_dir = paths.run_dir
     manifest: dict[str, Any] = {}
@@ -348,13 +339,16 @@ def run_in_job(
             manifest = read_manifest(run_dir)
         else:
             data = hash_data_inputs(paths.data)
-            manifest = _new_manifest(spec, app, data, (), argv)
+            manifest = _new_manifest(spec, app, data, (), argv, bundled=True)
             manifest["platform"] = paths.platform
+            manifest["image"] = image_record(env)
             (run_dir / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")
         if any(paths.checkpoint_dir.glob("epoch-*.safetensors")):  # a restarted job
             manifest.setdefault("resumed", []).append(
                 {"at": utc_now(), "from": str(paths.checkpoint_dir)}
             )
+        if manifest.get("image", {}).get("warning"):
+            print(f"warning: {manifest['image']['warning']}", file=sys.stderr, flush=True)
     ctx = Context(
         job_name=spec.job.name,
         data=DataInputs(paths.data, where=str(spec.path)),
@@ -372,6 +366,30 @@ def run_in_job(
         metrics=MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None),
     )
     return _execute(app, ctx, run_dir, manifest, "the platform restarts it from there")
+
+
+def image_record(env: Mapping[str, str]) -> dict[str, Any]:
+    """The image the job asked for and the torch it expected, with a warning when the
+    torch that runs is another version."""
+    from importlib import metadata
+
+    expected = env.get(IMAGE_TORCH_ENV, "")
+    try:
+        running = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        running = None
+    record: dict[str, Any] = {
+        "name": env.get(IMAGE_ENV, ""),
+        "torch_expected": expected or None,
+        "torch": running,
+    }
+    same = running and running.split("+")[0].split(".")[:2] == expected.split(".")[:2]
+    if expected and running and not same:
+        record["warning"] = (
+            f"the image was expected to have torch {expected}, but torch {running} runs; "
+            "weights may differ from runs on other images"
+        )
+    return record
 
 
 def run_app(app_file: str | Path, argv: Sequence[str] | None = None) -> None:

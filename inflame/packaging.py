@@ -5,6 +5,11 @@ Deterministic: sorted entries, fixed mtimes, owners and modes, and a gzip header
 timestamp, so the same tree gives the same hash (and a provider can skip a second upload).
 `.gitignore` and `.inflameignore` in the app folder are honoured (git semantics, via
 pathspec); secrets are never included, even when nothing ignores them.
+
+Self-contained: a job installs nothing (network isolation, VPCs without NAT). The bundle
+carries inflame and the pure-Python packages the job imports that training images lack
+(`vendor/`), and `entry.sh`, the job's first command; the image brings Python, torch,
+torchvision, numpy and pillow.
 """
 
 from __future__ import annotations
@@ -12,15 +17,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import re
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import pathspec
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import inflame
 from inflame.errors import InflameError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pathspec
 
 SECRET_PATTERNS = (
     ".env",
@@ -50,13 +59,10 @@ ALWAYS_IGNORED = (
 )
 IGNORE_FILES = (".gitignore", ".inflameignore")
 SIZE_WARNING_BYTES = 100 * 1024 * 1024
-# What the job needs on top of the training image (which brings torch and torchvision).
-RUNTIME_REQUIREMENTS = (
-    "typer>=0.12",
-    "rich>=13",
-    "safetensors>=0.4",
-    "tomli>=2; python_version < '3.11'",
-)
+# Pure-Python distributions the job imports that training images may lack, shipped in
+# vendor/ (tomli: TOML on Python 3.10, which some images still run).
+VENDORED_DISTRIBUTIONS = ("tomli",)
+ENTRY_SCRIPT = Path(__file__).with_name("job_entry.sh")  # becomes the bundle's entry.sh
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ class Bundle:
 def _ignore_specs(root: Path) -> list[tuple[Path, pathspec.PathSpec]]:
     """(base folder, rules) for root's ignore files and, as git does, those of its parent
     folders up to the repository root (the folder holding .git)."""
+    import pathspec
+
     specs = [(root.resolve(), pathspec.GitIgnoreSpec.from_lines(ALWAYS_IGNORED))]
     folder = root.resolve()
     while True:
@@ -92,6 +100,8 @@ def _ignore_specs(root: Path) -> list[tuple[Path, pathspec.PathSpec]]:
 def collect_files(root: Path, exclude: Sequence[Path] = ()) -> tuple[list[Path], list[Path]]:
     """(files to ship, secret files left out) below root, sorted, ignore rules applied.
     Folders in `exclude` (e.g. local data inputs) are left out too."""
+    import pathspec
+
     rules = _ignore_specs(root)
     secrets = pathspec.GitIgnoreSpec.from_lines(SECRET_PATTERNS)
     excluded = [p.resolve() for p in exclude]
@@ -129,6 +139,26 @@ def inflame_source_files() -> list[tuple[str, Path]]:
     return [(f"vendor/inflame/{p.relative_to(package_root).as_posix()}", p) for p in files]
 
 
+def vendored_files() -> list[tuple[str, Path]]:
+    """The Python sources of VENDORED_DISTRIBUTIONS, as (name under vendor/, path). Only
+    `.py` files travel: some wheels (tomli's) add compiled copies of the same modules, which
+    would not load on another Python or platform."""
+    out = []
+    for name in VENDORED_DISTRIBUTIONS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise InflameError(
+                f"The code bundle vendors {name}, which is not installed here; "
+                f"`pip install {name}` (it is one of inflame's own requirements)."
+            ) from None
+        for file in dist.files or ():
+            relative = PurePosixPath(str(file))
+            if relative.suffix == ".py" and relative.parts[0] != "..":
+                out.append((f"vendor/{relative.as_posix()}", Path(dist.locate_file(file))))
+    return sorted(out)
+
+
 def build_bundle(
     app_folder: Path,
     spec_toml: str,
@@ -136,24 +166,17 @@ def build_bundle(
     exclude: Sequence[Path] = (),
     entries: dict[str, bytes] | None = None,
 ) -> Bundle:
-    """The code bundle: app/…, spec.toml, vendor/inflame/…, requirements.txt (+ entries)."""
+    """The code bundle: app/…, spec.toml, entry.sh, vendor/inflame/…, vendor/<deps> (+
+    entries)."""
     app_files, secret_files = collect_files(app_folder, exclude)
     if not (app_folder / "app.py").is_file():
         raise InflameError(f"{app_folder} has no app.py to package.")
     members: dict[str, bytes] = {}
     for path in app_files:
         members[f"app/{path.relative_to(app_folder).as_posix()}"] = path.read_bytes()
-    for name, path in inflame_source_files():
+    for name, path in [*inflame_source_files(), *vendored_files()]:
         members[name] = path.read_bytes()
-    requirements = list(RUNTIME_REQUIREMENTS)
-    app_requirements = app_folder / "requirements.txt"
-    if app_requirements.is_file():
-        requirements += [
-            line
-            for line in app_requirements.read_text().splitlines()
-            if line.strip() and not line.lstrip().startswith("#")
-        ]
-    members["requirements.txt"] = ("\n".join(requirements) + "\n").encode()
+    members["entry.sh"] = ENTRY_SCRIPT.read_bytes()
     members["spec.toml"] = spec_toml.encode()
     members.update(entries or {})
 
@@ -166,6 +189,13 @@ def build_bundle(
             _add(tar, name, members[name], executable=name.endswith(".sh"))
     data = raw.getvalue()
     warnings = []
+    if (app_folder / "requirements.txt").is_file():
+        warnings.append(
+            f"{app_folder / 'requirements.txt'} is not installed in cloud jobs: they install "
+            "nothing, so that they run without network access. The image brings torch, "
+            "torchvision, numpy and pillow; put pure-Python modules beside app.py, or set "
+            "the target's `image` to one that has what the app needs"
+        )
     if len(data) > SIZE_WARNING_BYTES:
         warnings.append(
             f"the code bundle is {len(data) / 2**20:.0f} MiB; keep data and weights "
@@ -180,22 +210,47 @@ def build_bundle(
     )
 
 
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def safe_join(root: Path, name: str) -> Path:
+    """`root/name` for a name that came from elsewhere (an archive member, an object in a
+    bucket). Refuses absolute names, drive letters, backslashes, NUL and `..`, and anything
+    that would resolve outside `root` (through a link, say)."""
+    parts = PurePosixPath(name).parts
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or "\0" in name
+        or _DRIVE.match(name)
+        or ".." in parts
+    ):
+        raise InflameError(
+            f"Refusing to write {name!r}: the name would place a file outside {root}."
+        )
+    root = root.resolve()
+    target = (root / name).resolve()
+    if not target.is_relative_to(root):
+        raise InflameError(f"Refusing to write {name!r}: it resolves outside {root}.")
+    return target
+
+
 def safe_extract(archive: Path | bytes, destination: Path) -> list[Path]:
     """Extract a tar(.gz) refusing absolute paths, `..`, links and devices."""
     destination = destination.resolve()
     source = io.BytesIO(archive) if isinstance(archive, bytes) else open(archive, "rb")  # noqa: SIM115
-    written = []
     with source, tarfile.open(fileobj=source, mode="r:*") as tar:
-        for member in tar.getmembers():
-            target = (destination / member.name).resolve()
-            if not target.is_relative_to(destination) or not (member.isfile() or member.isdir()):
+        members = tar.getmembers()
+        for member in members:
+            if not (member.isfile() or member.isdir()):
                 raise InflameError(
-                    f"Refusing to extract {member.name!r}: it escapes "
-                    f"{destination} or is not a plain file."
+                    f"Refusing to extract {member.name!r}: it is not a plain file or folder."
                 )
+            if member.name not in (".", "./"):
+                safe_join(destination, member.name)
         if hasattr(tarfile, "data_filter"):  # Python 3.10.12+, 3.11.4+
             tar.extractall(destination, filter="data")
         else:  # members were checked above
             tar.extractall(destination)
-        written = [destination / m.name for m in tar.getmembers() if m.isfile()]
-    return written
+        return [destination / m.name for m in members if m.isfile()]

@@ -18,12 +18,12 @@ from typing import Any
 
 from inflame import tomlfile
 from inflame.errors import SpecError, did_you_mean
+from inflame.targets import PROVIDERS, data_schemes
 
 SECTIONS = ("job", "data", "hyperparameters", "compute", "targets")
 JOB_KEYS = ("name", "app", "seed", "description", "bad_images")
 COMPUTE_KEYS = ("gpus_per_node", "nodes", "spot", "max_runtime", "disk_gb")
-KNOWN_TARGETS = ("local", "azure", "sagemaker", "vertex")
-CLOUD_SCHEMES = ("s3://", "gs://", "azureml://", "https://", "http://", "abfss://", "wasbs://")
+KNOWN_TARGETS = ("local", *PROVIDERS)
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -49,7 +49,7 @@ class DataInput:
 
     @property
     def is_local(self) -> bool:
-        return not self.value.startswith(CLOUD_SCHEMES)
+        return not self.value.startswith(data_schemes())
 
     @property
     def path(self) -> Path:
@@ -81,6 +81,9 @@ class JobSpec:
     source_sha256: str
     overridden: frozenset[str] = frozenset()
     source_text: str = field(default="", repr=False, compare=False)
+    # `${env:…}` references: key path -> the template as written, and the variables' values
+    env_refs: dict[tuple[Any, ...], str] = field(default_factory=dict, repr=False)
+    env_values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def folder(self) -> Path:
@@ -93,8 +96,12 @@ class JobSpec:
     def with_hyperparameters(self, resolved: Mapping[str, Any]) -> JobSpec:
         return dataclasses.replace(self, hyperparameters=dict(resolved))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved spec as plain data (what a run directory stores as spec.toml)."""
+    def to_dict(self, *, resolved: bool = False) -> dict[str, Any]:
+        """The spec as plain data, as a run directory and a code bundle store it (spec.toml):
+        local paths absolute, every hyperparameter present. Values that came from `${env:…}`
+        in hyperparameters, targets and cloud data URIs are kept as their references, so no
+        variable's value (an API key, say) is ever written down; `resolved=True` gives the
+        values instead (for hashing and comparing, never for storing)."""
         job = {"name": self.job.name, "app": self.job.app, "seed": self.job.seed}
         if self.job.description:
             job["description"] = self.job.description
@@ -117,18 +124,53 @@ class JobSpec:
         }
         if self.targets:
             out["targets"] = {name: dict(table) for name, table in self.targets.items()}
+        if not resolved:
+            for key_path, template in self.env_refs.items():
+                _put_template(out, key_path, template)
         return out
 
     def to_toml(self) -> str:
         return tomlfile.dumps(self.to_dict())
 
     @property
+    def stored_hyperparameters(self) -> dict[str, Any]:
+        """The hyperparameters as stored in manifests: `${env:…}` values as references."""
+        return self.to_dict()["hyperparameters"]
+
+    @property
     def resolved_sha256(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.to_dict(resolved=True), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _locate(path: Path, text: str, overridden: frozenset[str], key_path: tuple[str, ...]) -> str:
+_TEMPLATED_SECTIONS = ("hyperparameters", "targets", "data")
+
+
+def _put_template(tree: dict[str, Any], key_path: tuple[Any, ...], template: str) -> None:
+    """Put an `${env:…}` template back at key_path, where the stored value is still the
+    plain expansion (not for local data paths, which are stored resolved and absolute)."""
+    if key_path[0] not in _TEMPLATED_SECTIONS:
+        return
+    node: Any = tree
+    for part in key_path[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return
+    last = key_path[-1]
+    try:
+        current = node[last]
+    except (KeyError, IndexError, TypeError):
+        return
+    if not isinstance(current, str):
+        return
+    if key_path[0] == "data" and not current.startswith(data_schemes()):
+        return  # a local path: stored resolved, since it is resolved against the spec's folder
+    node[last] = template
+
+
+def _locate(path: Path, text: str, overridden: frozenset[str], key_path: tuple[Any, ...]) -> str:
+    key_path = tuple(str(part) for part in key_path)
     dotted = ".".join(key_path)
     if dotted in overridden:
         return f"--set {dotted}"
@@ -253,17 +295,27 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> frozenset
     return frozenset(touched)
 
 
-def _expand_env(value: Any, key_path: tuple[str, ...], check: _Checker) -> Any:
+@dataclass
+class _EnvUse:
+    """What `${env:…}` expansion used: templates by key path, and the variables' values."""
+
+    refs: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def _expand_env(value: Any, key_path: tuple[Any, ...], check: _Checker, used: _EnvUse) -> Any:
     if isinstance(value, dict):
-        return {k: _expand_env(v, (*key_path, k), check) for k, v in value.items()}
+        return {k: _expand_env(v, (*key_path, k), check, used) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, key_path, check) for v in value]
+        return [_expand_env(v, (*key_path, i), check, used) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${env:" not in value:
         return value
+    used.refs[key_path] = value
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in os.environ:
+            used.values[name] = os.environ[name]
             return os.environ[name]
         if default is not None:
             return default
@@ -320,7 +372,8 @@ def validate_spec(
     """Turn parsed TOML into a JobSpec, or raise a SpecError that points at the problem."""
     check = _Checker(display_path or path, text, overridden)
     check.unknown_keys(raw, SECTIONS, ())
-    raw = _expand_env(raw, (), check)
+    env = _EnvUse()
+    raw = _expand_env(raw, (), check, env)
     folder = path.parent
 
     # [job]
@@ -374,7 +427,7 @@ def validate_spec(
     data: dict[str, DataInput] = {}
     for key, value in check.table(raw.get("data", {}), ("data",)).items():
         value = check.typed(value, str, ("data", key), "a string (a local path or a URI)")
-        if not value.startswith(CLOUD_SCHEMES):
+        if not value.startswith(data_schemes()):
             local = (folder / Path(value).expanduser()).resolve()
             if not local.exists():
                 raise check.fail(
@@ -447,6 +500,8 @@ def validate_spec(
         source_sha256=hashlib.sha256(text.encode()).hexdigest(),
         overridden=overridden,
         source_text=text,
+        env_refs=env.refs,
+        env_values=env.values,
     )
 
 

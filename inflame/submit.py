@@ -6,15 +6,18 @@ crash or a retry never submits the same spec and code twice without saying so.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from inflame import tomlfile
 from inflame.errors import InflameError
-from inflame.launcher import prepare_job
+from inflame.jobprep import prepare_job
 from inflame.ledger import ACTIVE, JobRecord, Ledger
 from inflame.packaging import build_bundle
+from inflame.redact import redact
 from inflame.spec import JobSpec
 from inflame.targets import get_target
 from inflame.targets.base import JobState, Plan
@@ -69,7 +72,11 @@ def submit_plan(plan: Plan, ledger: Ledger, *, again: bool = False) -> JobRecord
         name=plan.job_name,
         spec_sha256=plan.spec_sha256,
         bundle_sha256=plan.bundle.sha256,
-        request={"request": plan.request, "locator": plan.locator, "summary": plan.summary},
+        request={
+            "request": plan.stored_request,
+            "locator": plan.locator,
+            "summary": redact(plan.summary, plan.secret_values),
+        },
     )
     try:
         submitted = get_target(plan.target).submit(plan)
@@ -146,7 +153,8 @@ def cancel(record: JobRecord, ledger: Ledger) -> None:
 
 
 def download(record: JobRecord, destination: Path) -> Path:
-    """Fetch the job's run directory (manifest, metrics, model) into `destination`."""
+    """Fetch the job's run directory (manifest, metrics, model) into `destination`. It is
+    fetched into a folder beside it and renamed at the end, so a failure leaves nothing."""
     if destination.exists() and any(destination.iterdir()):
         raise InflameError(f"{destination} exists and is not empty; choose a new folder.")
     target, provider_id = get_target(record.target), _require_provider_id(record)
@@ -157,11 +165,19 @@ def download(record: JobRecord, destination: Path) -> Path:
             f"Job {provider_id} is {state.provider_state}; its model can be "
             "downloaded once it has completed."
         )
-    destination.mkdir(parents=True, exist_ok=True)
-    target.download(provider_id, locator, destination, state)
-    if not (destination / "model" / "model.json").is_file():
-        raise InflameError(
-            f"The job's output in {destination} holds no model/model.json; did "
-            "the app save its model to ctx.output_dir?"
-        )
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        target.download(provider_id, locator, staging, state)
+        if not (staging / "model" / "model.json").is_file():
+            raise InflameError(
+                f"The output of job {provider_id} holds no model/model.json; did the app "
+                "save its model to ctx.output_dir?"
+            )
+        if destination.exists():
+            destination.rmdir()  # empty, checked above
+        staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return destination

@@ -17,7 +17,8 @@ from inflame.errors import InflameError
 
 def main() -> None:
     run_dir, spec_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    from inflame.launcher import EXTRA_INPUTS, prepare_job
+    from inflame.jobprep import prepare_job
+    from inflame.launcher import EXTRA_INPUTS
     from inflame.runs import SPEC_FILE
     from inflame.runtime import local_context
     from inflame.training.distributed import close_distributed, init_distributed

@@ -112,3 +112,12 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         return result
 
     return run
+
+
+@pytest.fixture(scope="session")
+def image_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bin folder of a Python holding only a training image's packages (see
+    tests/emulation.py)."""
+    from tests.emulation import make_image_python
+
+    return make_image_python(tmp_path_factory.mktemp("image") / "venv")

@@ -1,11 +1,15 @@
-"""The Azure ML target with the real azure-ai-ml: the dry-run YAML loads with load_job, the
-real MLClient submit path runs against a loopback fake, and the job's command runs in a
-simulated Azure ML node with its bound inputs and outputs."""
+"""The Azure ML target with the real azure-ai-ml: the dry-run YAML loads with load_job and the
+REST body follows Azure ML's documented rules, the real MLClient submit path runs against a
+loopback fake as strict as those rules, and the job's command runs as Azure ML starts it: the
+code snapshot as working folder, `${{…}}` replaced by mounted paths, the PyTorch distribution
+starting every process with its variables, a Python holding only the image's packages, no
+network, two nodes of two processes on loopback, and a rerun that resumes."""
 
 from __future__ import annotations
 
 import json
-import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,8 +30,14 @@ from inflame.submit import (
     refresh,
     submit_plan,
 )
-from inflame.targets.azure import TARGET, stage_bundle
+from inflame.targets.azure import (
+    DEFAULT_ENVIRONMENT,
+    TARGET,
+    stage_bundle,
+    validate_request,
+)
 from tests.conftest import guarded_env
+from tests.emulation import assert_all_ok, free_port, image_env, run_nodes
 from tests.fakes.azureml import FakeAzureML
 from tests.helpers import write_cloud_spec
 
@@ -55,6 +65,20 @@ def az_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         )
 
     return write
+
+
+@pytest.fixture
+def azure(monkeypatch: pytest.MonkeyPatch):
+    with FakeAzureML() as fake:
+        for name in ("client", "credential", "blob_options"):
+            monkeypatch.setattr(TARGET, name, getattr(fake, name))
+        monkeypatch.setattr(TARGET.calls, "wait", 0.01)
+        yield fake
+
+
+def rest_body(plan) -> dict:
+    """The job as MLClient sends it (PUT jobs/{name}): the plan's request."""
+    return json.loads(json.dumps(plan.request))
 
 
 def test_dry_run_yaml_loads_with_the_sdk_and_is_offline(az_spec, tmp_path: Path):
@@ -87,12 +111,23 @@ def test_dry_run_yaml_loads_with_the_sdk_and_is_offline(az_spec, tmp_path: Path)
     assert job.outputs["run"].path.startswith(
         "azureml://datastores/workspaceblobstore/paths/inflame/jobs/tiny_az-"
     )
-    assert "--data train=${{inputs.train}}" in job.command
-    assert "--run-dir ${{outputs.run}}" in job.command
+    argv = shlex.split(job.command)  # the shell's view: every value one argument
+    assert argv[:2] == ["bash", "entry.sh"]
+    assert "--data=train=${{inputs.train}}" in argv and "--run-dir=${{outputs.run}}" in argv
+    assert "pip" not in job.command and "flock" not in job.command  # nothing installed
+    assert job.environment == DEFAULT_ENVIRONMENT and "/versions/" in DEFAULT_ENVIRONMENT
     assert job.environment_variables["INFLAME_PLATFORM"] == "azure"
-    assert job.limits.timeout == 3600 and job.queue_settings.job_tier.lower() == "spot"
+    assert job.limits.timeout == 3600
+    # spot on a named cluster: the cluster's tier decides, and the user is told so
+    assert job.queue_settings is None or job.queue_settings.job_tier is None
+    summary = " ".join(result.stderr.split())
+    assert "spot = true on cluster gpu-cluster: the cluster's tier decides" in summary
+    assert "azure-ai-ml's own job schema" in summary and "would send PUT https://management" in (
+        summary
+    )
     code = Path(job.code)
-    assert (code / "spec.toml").is_file() and (code / "vendor" / "inflame" / "job.py").is_file()
+    assert (code / "spec.toml").is_file() and (code / "entry.sh").is_file()
+    assert (code / "vendor" / "inflame" / "job.py").is_file()
     assert 'app = "./app"' in (code / "spec.toml").read_text()
     assert "Experimental" not in result.stderr and "experimental" not in result.stderr
 
@@ -102,174 +137,295 @@ def test_dry_run_yaml_loads_with_the_sdk_and_is_offline(az_spec, tmp_path: Path)
     [
         ({"targets": {"azure": {"subscription_id": "my-sub"}}}, "must be a GUID"),
         ({"targets": {"azure": {"workspce": "ws"}}}, "Did you mean `workspace`?"),
-        ({"data": {"train": "s3://bucket/train"}}, "Azure ML reads data from a datastore"),
+        ({"targets": {"azure": {"compute": "1-bad name"}}}, "a compute name is 3-24"),
+        (
+            {"targets": {"azure": {"instance_type": "Standard_NC24ads_A100_v4"}}},
+            "set either `compute`",
+        ),
+        ({"data": {"train": "s3://bucket/train"}}, "azure reads data from azureml://"),
+        ({"data": {"train-set": f"{STORE}/t"}}, "Azure ML input names are letters"),
+        ({"data": {"run": f"{STORE}/t"}}, "`run` is used by inflame itself"),
     ],
 )
 def test_plan_errors_are_precise(az_spec, tables, fragment):
     with pytest.raises(InflameError) as info:
         plan_submission(az_spec(**tables), "azure")
-    assert fragment in " ".join(str(info.value).split())
+    message = " ".join(str(info.value).split())
+    assert fragment in message and "az.toml:" in message
 
 
-def test_missing_required_setting_names_the_key(az_spec, tmp_path: Path):
+def test_missing_compute_names_both_choices(az_spec):
     path = az_spec()
     spec = tomlfile.loads(path.read_text())
     del spec["targets"]["azure"]["compute"]
     path.write_text(tomlfile.dumps(spec))
-    with pytest.raises(InflameError, match=r"missing required key `targets.azure.compute`"):
+    with pytest.raises(InflameError, match=r"set either `compute` \(the name of a compute cluster"):
         plan_submission(path, "azure")
 
 
-def test_submit_status_and_cancel_through_mlclient(az_spec, tmp_path: Path, monkeypatch):
+def test_serverless_spot_uses_the_spot_tier_and_checks_gpus(az_spec, tmp_path: Path):
+    path = az_spec(compute={"gpus_per_node": 2, "nodes": 2})
+    spec = tomlfile.loads(path.read_text())
+    del spec["targets"]["azure"]["compute"]
+    spec["targets"]["azure"]["instance_type"] = "Standard_NC48ads_A100_v4"
+    path.write_text(tomlfile.dumps(spec))
+    plan = plan_submission(path, "azure")
+    body = rest_body(plan)["properties"]
+    assert body["queueSettings"] == {"jobTier": "Spot"} and "computeId" not in body
+    assert body["resources"]["instanceType"] == "Standard_NC48ads_A100_v4"
+    assert body["distribution"] == {"distributionType": "PyTorch", "processCountPerInstance": 2}
+    spec["compute"]["gpus_per_node"] = 4
+    path.write_text(tomlfile.dumps(spec))
+    with pytest.raises(InflameError) as info:
+        plan_submission(path, "azure")
+    message = " ".join(str(info.value).split())
+    assert "Standard_NC48ads_A100_v4 has 2 GPU(s) but compute.gpus_per_node is 4" in message
+    assert "standard_nc96ads_a100_v4" in message.lower()
+
+
+@pytest.mark.parametrize("serverless_compute", [False, True])
+@pytest.mark.parametrize(("gpus", "nodes"), [(1, 1), (2, 2), (4, 3), (8, 4)])
+@pytest.mark.parametrize("spot", [False, True])
+def test_plan_matrix_is_valid_everywhere(az_spec, serverless_compute, gpus, nodes, spot):
+    sizes = {1: "Standard_NC24ads_A100_v4", 2: "Standard_NC48ads_A100_v4"}
+    sizes |= {4: "Standard_NC96ads_A100_v4", 8: "Standard_ND96isr_H100_v5"}
+    path = az_spec(
+        job={"name": "a_" + "very_long_experiment_name_" * 2 + "x"},
+        data={"train_2024_v1": f"{STORE}/t", "_val": "https://acct.blob.core.windows.net/c/v"},
+        compute={"gpus_per_node": gpus, "nodes": nodes, "spot": spot},
+    )
+    if serverless_compute:
+        spec = tomlfile.loads(path.read_text())
+        del spec["targets"]["azure"]["compute"]
+        spec["targets"]["azure"]["instance_type"] = sizes[gpus]
+        path.write_text(tomlfile.dumps(spec))
+    plan = plan_submission(path, "azure")
+    body = rest_body(plan)
+    validate_request(plan.job_name, body)
+    props = body["properties"]
+    assert props["resources"]["instanceCount"] == nodes
+    assert ("distribution" in props) == (gpus * nodes > 1)
+    tier = (props.get("queueSettings") or {}).get("jobTier")
+    assert tier == ("Spot" if spot and serverless_compute else None)
+    assert props["tags"]["inflame:gpus-per-node"] == str(gpus)
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda b: b["properties"].update(command=" "), "command: required"),
+        (
+            lambda b: b["properties"]["inputs"].update(
+                {"bad-name": {"uri": "azureml://x", "mode": "ReadOnlyMount"}}
+            ),
+            "name 'bad-name'",
+        ),
+        (
+            lambda b: b["properties"].update(queueSettings={"jobTier": "Cheap"}),
+            "'Cheap' is not one of",
+        ),
+        (lambda b: b["properties"].update(experimentName="-x"), "experimentName"),
+        (
+            lambda b: b["properties"]["inputs"]["train"].update(uri="s3://b/t"),
+            "not a datastore or blob URI",
+        ),
+        (
+            lambda b: b["properties"]["environmentVariables"].update({"A-B": "1"}),
+            "'A-B' is not a valid",
+        ),
+    ],
+)
+def test_requests_are_checked_against_azure_rules(az_spec, change, fragment):
+    plan = plan_submission(az_spec(), "azure")
+    body = rest_body(plan)
+    validate_request(plan.job_name, body)
+    change(body)
+    with pytest.raises(InflameError) as info:
+        validate_request(plan.job_name, body)
+    assert fragment in str(info.value)
+    with pytest.raises(InflameError, match="must be 1-255"):
+        validate_request("-starts-with-a-dash", rest_body(plan))
+
+
+def test_submit_status_cancel_and_follow_through_mlclient(az_spec, azure, tmp_path: Path):
+    azure.clusters["gpu-cluster"] = ("Standard_NC24ads_A100_v4", "LowPriority")
     plan = plan_submission(az_spec(), "azure")
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    with FakeAzureML() as fake:
-        monkeypatch.setattr(TARGET, "client", fake.client)
-        record = submit_plan(plan, ledger)
-        assert record.status == "submitted" and record.provider_id == plan.job_name
-        assert record.console_url.startswith("https://ml.azure.com/runs/")
-        [(_, _, body)] = [r for r in fake.requests if r[0] == "PUT" and "/jobs/" in r[1]]
-        sent = json.loads(body)["properties"]
-        assert sent["jobType"] == "Command"
-        assert sent["computeId"].endswith("/computes/gpu-cluster")
-        assert sent["inputs"]["train"]["uri"] == f"{STORE}/fowl/train"
-        assert sent["environmentVariables"]["INFLAME_PLATFORM"] == "azure"
-        uploaded = {path.rsplit("/", 1)[-1] for path in fake.blobs}
-        assert {"spec.toml", "requirements.txt", "app.py", "job.py"} <= uploaded
-        assert refresh(record, ledger).state == "pending"
-        cancel(record, ledger)
-        assert refresh(record, ledger).state == "stopping"
-        # --follow when the logs cannot be read: it follows the status instead
-        fake.jobs[record.provider_id]["properties"]["status"] = "Completed"
+    record = submit_plan(plan, ledger)
+    assert record.status == "submitted" and record.provider_id == plan.job_name
+    assert record.console_url.startswith("https://ml.azure.com/runs/")
+    [(_, _, body)] = [r for r in azure.requests if r[0] == "PUT" and "/jobs/" in r[1]]
+    sent = json.loads(body)["properties"]
+    assert sent["jobType"] == "Command"
+    assert sent["computeId"].endswith("/computes/gpu-cluster")
+    assert sent["inputs"]["train"]["uri"] == f"{STORE}/fowl/train"
+    assert sent["environmentVariables"]["INFLAME_PLATFORM"] == "azure"
+    uploaded = {path.rsplit("/", 1)[-1] for path in azure.blobs}
+    assert {"spec.toml", "entry.sh", "app.py", "job.py"} <= uploaded
+    azure.fail_next[r"/jobs/[^/?]+\?"] = 2  # Azure busy: reads are retried
+    assert refresh(record, ledger).state == "pending"
+    cancel(record, ledger)
+    assert refresh(record, ledger).state == "stopping"
+    azure.jobs[record.provider_id]["properties"]["status"] = "Completed"
 
-        def unreadable(*args: object) -> None:
-            raise InflameError("no access to the artifact store")
+    def unreadable(*args: object) -> None:
+        raise InflameError("no access to the artifact store")
 
-        monkeypatch.setattr(TARGET, "logs", unreadable)
-        lines: list[str] = []
+    lines: list[str] = []
+    import inflame.targets.azure as module
+
+    original = module.AzureML.logs
+    module.AzureML.logs = unreadable  # type: ignore[method-assign]
+    try:
         state = follow(record, ledger, logs=True, emit=lines.append, sleep=lambda s: None)
-        assert state.state == "completed" and "no access to the artifact store" in lines[0]
+    finally:
+        module.AzureML.logs = original  # type: ignore[method-assign]
+    assert state.state == "completed" and "no access to the artifact store" in lines[0]
 
 
-def _run_node(plan, demo_set: Path, node: Path, checkpoints: Path) -> subprocess.CompletedProcess:
-    """Azure ML on a node: the code snapshot as the working folder, `${{…}}` replaced by the
-    mounted paths."""
-    shutil.copytree(stage_bundle(plan.bundle), node / "code")
-    command = plan.request["command"]
-    for name in ("train", "val"):
-        mount = node / "mnt" / name
-        shutil.copytree(demo_set / name, mount)
-        command = command.replace(f"${{{{inputs.{name}}}}}", str(mount))
-    command = command.replace("${{outputs.run}}", str(node / "outputs" / "run"))
-    command = command.replace("${{outputs.checkpoints}}", str(checkpoints))
-    env = guarded_env(
-        **plan.request["environment_variables"],
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    )
-    return subprocess.run(
-        ["bash", "-c", command], cwd=node / "code", env=env, capture_output=True, text=True
-    )
+@pytest.mark.parametrize(
+    ("cluster", "fragment"),
+    [
+        (("Standard_NC24ads_A100_v4", "Dedicated"), "compute cluster gpu-cluster is dedicated"),
+        (
+            ("Standard_NC48ads_A100_v4", "LowPriority"),
+            "VM size Standard_NC48ads_A100_v4 with 2 GPU(s), but compute.gpus_per_node is 1",
+        ),
+    ],
+)
+def test_submit_checks_the_named_cluster(az_spec, azure, tmp_path: Path, cluster, fragment):
+    azure.clusters["gpu-cluster"] = cluster
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    with pytest.raises(InflameError, match=re.escape(fragment)):
+        submit_plan(plan_submission(az_spec(), "azure"), ledger)
+    assert not [r for r in azure.requests if r[0] == "PUT" and "/jobs/" in r[1]]
+    assert ledger.all()[0].status == "submit-failed"
 
 
-def test_job_command_runs_the_same_loop_on_a_simulated_node(
-    az_spec, demo_set: Path, tmp_path: Path, monkeypatch
+def test_a_changed_staged_bundle_is_never_uploaded(az_spec, tmp_path: Path):
+    plan = plan_submission(az_spec(), "azure")
+    staged = stage_bundle(plan.bundle)
+    (staged / "app" / "app.py").write_text("print('tampered')\n")
+    (staged / "extra.py").write_text("x = 1\n")
+    again = stage_bundle(plan.bundle)
+    assert again == staged and not (staged / "extra.py").exists()
+    assert "tampered" not in (staged / "app" / "app.py").read_text()
+
+
+def azure_processes(
+    plan,
+    node_roots: list[Path],
+    mounts: dict[str, Path],
+    run: Path,
+    checkpoints: Path,
+    bin_dir: Path,
+    per_node: int,
 ):
-    plan = plan_submission(az_spec(hyperparameters={"epochs": 2}), "azure")
-    checkpoints = tmp_path / "datastore" / "checkpoints"
-    first = _run_node(plan, demo_set, tmp_path / "node1", checkpoints)
-    assert first.returncode == 0, first.stdout + first.stderr
-    run = tmp_path / "node1" / "outputs" / "run"
+    """Azure ML's PyTorch distribution: on every node, `per_node` processes of the job's
+    command, from the node's code snapshot, with `${{…}}` replaced by the mounted paths and
+    MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK and NODE_RANK set."""
+    command = plan.request["properties"]["command"]
+    for name, path in mounts.items():
+        command = command.replace(f"${{{{inputs.{name}}}}}", str(path))
+    command = command.replace("${{outputs.run}}", str(run))
+    command = command.replace("${{outputs.checkpoints}}", str(checkpoints))
+    port, world = free_port(), len(node_roots) * per_node
+    processes = []
+    for node_rank, root in enumerate(node_roots):
+        shutil.copytree(stage_bundle(plan.bundle), root / "code")
+        for local_rank in range(per_node):
+            env = image_env(
+                bin_dir,
+                **plan.request["properties"]["environmentVariables"],
+                AZUREML_RUN_ID=plan.job_name,
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                WORLD_SIZE=str(world),
+                NODE_RANK=str(node_rank),
+                RANK=str(node_rank * per_node + local_rank),
+                LOCAL_RANK=str(local_rank),
+            )
+            processes.append((["bash", "-c", command], env, root / "code"))
+    return processes
+
+
+def test_two_nodes_of_two_processes_train_resume_and_download(
+    az_spec, azure, demo_set: Path, tmp_path: Path, image_python: Path
+):
+    azure.clusters["gpu-cluster"] = ("Standard_NC48ads_A100_v4", "Dedicated")
+    plan = plan_submission(
+        az_spec(
+            hyperparameters={"epochs": 2}, compute={"gpus_per_node": 2, "nodes": 2, "spot": False}
+        ),
+        "azure",
+    )
+    mounts = {name: demo_set / name for name in ("train", "val")}
+    store = tmp_path / "datastore"  # the rw_mount outputs: shared by every node
+    run, checkpoints = store / "run", store / "checkpoints"
+    nodes = [tmp_path / "run1" / f"node{i}" for i in range(2)]
+    first = run_nodes(azure_processes(plan, nodes, mounts, run, checkpoints, image_python, 2))
+    assert_all_ok(first)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["platform"] == "azure"
-    assert (run / "model" / "weights.safetensors").is_file()
+    assert manifest["world_size"] == 4 and manifest["image"]["torch_expected"] == "2.8"
 
-    (checkpoints / "epoch-0002.safetensors").unlink()  # a preempted node, rerun
-    second = _run_node(plan, demo_set, tmp_path / "node2", checkpoints)
-    assert second.returncode == 0, second.stdout + second.stderr
-    again = json.loads((tmp_path / "node2" / "outputs" / "run" / "manifest.json").read_text())
+    (checkpoints / "epoch-0002.safetensors").unlink()  # preempted after epoch 1: rerun
+    kept = (checkpoints / "epoch-0001.safetensors").read_bytes()
+    shutil.rmtree(run)
+    nodes = [tmp_path / "run2" / f"node{i}" for i in range(2)]
+    second = run_nodes(azure_processes(plan, nodes, mounts, run, checkpoints, image_python, 2))
+    assert_all_ok(second)
+    again = json.loads((run / "manifest.json").read_text())
     assert again["resumed"] and again["weights_sha256"] == manifest["weights_sha256"]
+    assert "resuming at epoch 2/2" in "".join(r.stderr for r in second)
+    assert (checkpoints / "epoch-0001.safetensors").read_bytes() == kept
 
-    # Azure ML keeps the `run` output on the datastore and the logs in the artifact store:
-    # `inflame logs` and `inflame download` read them with azure-storage-blob
-    with FakeAzureML() as fake:
-        for name in ("client", "credential", "blob_options"):
-            monkeypatch.setattr(TARGET, name, getattr(fake, name))
-        ledger = Ledger(tmp_path / "ledger.sqlite")
-        record = submit_plan(plan, ledger)
-        job = record.provider_id
-        fake.put_folder("azureml-blobstore", f"inflame/jobs/{job}/run/", run)
-        fake.store[("azureml", f"ExperimentRun/dcid.{job}/user_logs/std_log.txt")] = (
-            first.stdout + first.stderr
-        ).encode()
-        assert "inflame: run complete" in "\n".join(job_logs(record))
-        with pytest.raises(InflameError, match="once it has completed"):
-            download(record, tmp_path / "early")
-        assert not (tmp_path / "early").exists()  # refused before anything is written
-        fake.jobs[job]["properties"]["status"] = "Completed"
-        local = download(record, tmp_path / "downloaded")
+    # the run output stays on the datastore, the logs in the artifact store
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    record = submit_plan(plan, ledger)
+    job = record.provider_id
+    azure.put_folder("azureml-blobstore", f"inflame/jobs/{job}/run/", run)
+    azure.store[("azureml", f"ExperimentRun/dcid.{job}/user_logs/std_log.txt")] = (
+        first[0].stdout + first[0].stderr
+    ).encode()
+    assert "inflame: run complete" in "\n".join(job_logs(record))
+    with pytest.raises(InflameError, match="once it has completed"):
+        download(record, tmp_path / "early")
+    assert not (tmp_path / "early").exists()  # refused before anything is written
+    azure.jobs[job]["properties"]["status"] = "Completed"
+    local = download(record, tmp_path / "downloaded")
     assert (
         json.loads((local / "manifest.json").read_text())["weights_sha256"]
-        == manifest["weights_sha256"]
+        == (manifest["weights_sha256"])
     )
-    from inflame.predict import Predictor
 
-    [answer] = Predictor.from_run(local).predict([next((demo_set / "test" / "circle").iterdir())])
-    assert answer["label"] in ("circle", "square", "triangle")
+    # a blob whose name would land outside the destination stops the download, and nothing
+    # is left behind
+    azure.store[("azureml-blobstore", f"inflame/jobs/{job}/run//tmp/evil.txt")] = b"evil"
+    with pytest.raises(InflameError, match=re.escape("Refusing to write '/tmp/evil.txt'")):
+        download(record, tmp_path / "second")
+    assert not (tmp_path / "second").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".second")]
+
+
+def test_processes_must_match_the_job(az_spec, demo_set: Path, tmp_path: Path, image_python):
+    """The platform started a different number of processes than the job asked for."""
+    plan = plan_submission(az_spec(compute={"gpus_per_node": 2, "spot": False}), "azure")
+    mounts = {name: demo_set / name for name in ("train", "val")}
+    [(command, env, cwd)] = azure_processes(
+        plan, [tmp_path / "node"], mounts, tmp_path / "run", tmp_path / "ckpt", image_python, 1
+    )
+    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "The platform started 1 process(es) but the job asked for 1 node(s) x 2" in (
+        result.stderr
+    )
 
 
 def test_a_missing_sdk_names_the_extra(az_spec, monkeypatch):
     monkeypatch.setitem(sys.modules, "azure.ai.ml", None)  # as if azure-ai-ml were absent
     with pytest.raises(InflameError, match=r'pip install "inflame\[azure\]"'):
         plan_submission(az_spec(), "azure")
-
-
-def test_several_gpus_and_nodes_map_to_a_pytorch_distribution(az_spec, tmp_path: Path):
-    plan = plan_submission(az_spec(compute={"gpus_per_node": 2, "nodes": 3}), "azure")
-    out = tmp_path / "job.yml"
-    out.write_text(plan.rendered)
-    job = load_job(source=out)
-    assert job.distribution.process_count_per_instance == 2
-    assert job.resources.instance_count == 3
-    assert job.command.startswith("flock ") and "--nnodes 3 --nproc-per-node 2" in job.command
-
-
-def test_azure_started_processes_train_together(az_spec, demo_set: Path, tmp_path: Path):
-    """Azure ML's PyTorch distribution starts every process itself, with RANK, LOCAL_RANK,
-    WORLD_SIZE, MASTER_ADDR and MASTER_PORT set; each runs the job's command."""
-    plan = plan_submission(az_spec(compute={"gpus_per_node": 2}), "azure")
-    node = tmp_path / "node"
-    shutil.copytree(stage_bundle(plan.bundle), node / "code")
-    command = plan.request["command"]
-    for name in ("train", "val"):
-        shutil.copytree(demo_set / name, node / "mnt" / name)
-        command = command.replace(f"${{{{inputs.{name}}}}}", str(node / "mnt" / name))
-    command = command.replace("${{outputs.run}}", str(node / "outputs" / "run"))
-    command = command.replace("${{outputs.checkpoints}}", str(node / "checkpoints"))
-    port = str(29_500 + os.getpid() % 1000)
-    procs = [
-        subprocess.Popen(
-            ["bash", "-c", command],
-            cwd=node / "code",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=guarded_env(
-                **plan.request["environment_variables"],
-                RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                WORLD_SIZE="2",
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            ),
-        )
-        for rank in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    manifest = json.loads((node / "outputs" / "run" / "manifest.json").read_text())
-    assert manifest["status"] == "completed" and manifest["world_size"] == 2
-    assert (node / "outputs" / "run" / "model" / "weights.safetensors").is_file()
 
 
 def test_missing_credentials_get_the_az_login_hint(az_spec, tmp_path: Path, monkeypatch):

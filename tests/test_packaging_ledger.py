@@ -10,7 +10,7 @@ import pytest
 
 from inflame.errors import InflameError
 from inflame.ledger import Ledger
-from inflame.packaging import build_bundle, safe_extract
+from inflame.packaging import build_bundle, safe_extract, safe_join
 
 
 def make_app(root: Path) -> Path:
@@ -27,28 +27,34 @@ def names(bundle) -> set[str]:
         return set(tar.getnames())
 
 
-def test_bundle_is_deterministic_and_holds_app_spec_inflame_and_requirements(tmp_path: Path):
+def test_bundle_is_deterministic_and_self_contained(tmp_path: Path):
     app = make_app(tmp_path)
     first = build_bundle(app, "[job]\n")
     (app / "app.py").touch()  # a new mtime changes nothing
     second = build_bundle(app, "[job]\n")
     assert first.data == second.data and first.sha256 == second.sha256
+    shipped = names(first)
     assert {
         "app/app.py",
         "app/lib/helpers.py",
         "spec.toml",
-        "requirements.txt",
+        "entry.sh",
         "vendor/inflame/__init__.py",
         "vendor/inflame/job.py",
-    } <= names(first)
+        "vendor/tomli/__init__.py",  # TOML for images that run Python 3.10
+        "vendor/tomli/_parser.py",
+    } <= shipped
+    # pure Python only: no compiled module (tomli's wheel has some) and no install step
+    assert not [n for n in shipped if n.endswith((".so", ".pyd", ".pyc"))]
+    assert "requirements.txt" not in shipped
+    assert any("requirements.txt is not installed in cloud jobs" in w for w in first.warnings)
     (app / "lib" / "helpers.py").write_text("X = 2\n")
     assert build_bundle(app, "[job]\n").sha256 != first.sha256
     assert build_bundle(app, "[job]\nname = 'y'\n").sha256 != first.sha256
     with tarfile.open(fileobj=io.BytesIO(first.data), mode="r:gz") as tar:
-        requirements = tar.extractfile("requirements.txt").read().decode()
         assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
-    assert "scikit-learn>=1" in requirements and "safetensors" in requirements
-    assert "# extra" not in requirements
+        entry = tar.extractfile("entry.sh").read().decode()
+    assert "pip" not in entry and "python3 -m inflame.job spec.toml" in entry
 
 
 def test_secrets_never_reach_the_bundle(tmp_path: Path):
@@ -108,15 +114,34 @@ def test_ignore_files_and_excluded_data_are_honoured(tmp_path: Path):
         assert left_out not in shipped
 
 
-def test_safe_extract_refuses_escaping_members(tmp_path: Path):
+@pytest.mark.parametrize("member", ["../evil.txt", "/tmp/evil.txt", "a/../../evil.txt"])
+def test_safe_extract_refuses_escaping_members(tmp_path: Path, member: str):
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-        info = tarfile.TarInfo("../evil.txt")
+        info = tarfile.TarInfo(member)
         info.size = 4
         tar.addfile(info, io.BytesIO(b"evil"))
-    with pytest.raises(InflameError, match="Refusing to extract"):
+    with pytest.raises(InflameError, match="Refusing to write"):
         safe_extract(raw.getvalue(), tmp_path / "out")
-    assert not (tmp_path / "evil.txt").exists()
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["/etc/passwd", "../x", "a/../../x", "C:/x", "c:x", "a\\..\\x", "x\0y", ""]
+)
+def test_safe_join_keeps_every_name_inside_the_folder(tmp_path: Path, name: str):
+    with pytest.raises(InflameError, match="Refusing to write"):
+        safe_join(tmp_path / "dest", name)
+
+
+def test_safe_join_refuses_a_path_through_a_link_outside(tmp_path: Path):
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "out").symlink_to(tmp_path)
+    assert safe_join(tmp_path / "dest", "model/weights.bin") == (
+        tmp_path / "dest" / "model" / "weights.bin"
+    )
+    with pytest.raises(InflameError, match="resolves outside"):
+        safe_join(tmp_path / "dest", "out/evil.txt")
 
 
 def test_ledger_records_finds_and_reports_duplicates(tmp_path: Path):

@@ -1,11 +1,13 @@
-"""The Vertex AI target with the real google-cloud-aiplatform and google-cloud-storage: the
-dry-run parses as the API's CustomJob type, the real submit path runs against a loopback fake
-(REST transport), and the job's command runs in a simulated container with a /gcs mount."""
+"""The Vertex AI target with the real google-cloud-aiplatform and google-cloud-storage: plans
+parse as the API's CustomJob message and follow Vertex AI's machine and naming rules, the real
+submit path runs against a loopback fake as strict as those rules (REST transport), and the
+job's command runs as Vertex AI starts it: CLUSTER_SPEC, RANK/WORLD_SIZE/MASTER_* per node,
+AIP_* folders, the /gcs mount, a Python holding only the image's packages, no network, two
+nodes of two processes on loopback, and a restart that resumes."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,9 +18,10 @@ from google.cloud.aiplatform_v1.types import CustomJob, Scheduling
 
 from inflame.errors import InflameError
 from inflame.ledger import Ledger
-from inflame.submit import cancel, download, plan_submission, refresh, submit_plan
-from inflame.targets.vertex import TARGET
+from inflame.submit import cancel, download, follow, plan_submission, refresh, submit_plan
+from inflame.targets.vertex import TARGET, default_machine, validate_request
 from tests.conftest import guarded_env
+from tests.emulation import assert_all_ok, free_port, image_env, run_nodes
 from tests.fakes.gcp import FakeGCP
 from tests.helpers import write_cloud_spec
 
@@ -38,6 +41,16 @@ def vx_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         )
 
     return write
+
+
+@pytest.fixture
+def gcp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    with FakeGCP(tmp_path / "gcs") as fake:
+        monkeypatch.setattr(TARGET, "client_options", fake.client_options)
+        monkeypatch.setattr(TARGET, "storage_client", fake.storage_client)
+        monkeypatch.setattr(TARGET, "logging_session", fake.logging_session)
+        monkeypatch.setattr(TARGET.calls, "wait", 0.01)
+        yield fake
 
 
 def test_dry_run_parses_as_the_api_type_and_is_offline(vx_spec, tmp_path: Path):
@@ -65,123 +78,346 @@ def test_dry_run_parses_as_the_api_type_and_is_offline(vx_spec, tmp_path: Path):
     assert pool.machine_spec.machine_type == "g2-standard-8"
     assert pool.machine_spec.accelerator_type.name == "NVIDIA_L4"
     assert pool.machine_spec.accelerator_count == 1 and pool.replica_count == 1
-    assert pool.container_spec.command == ["bash", "-c"]
-    assert "python -m inflame.job spec.toml" in pool.container_spec.args[0]
+    assert pool.container_spec.command == ["sh", "-c"]
+    assert "entry.sh" in pool.container_spec.args[0]
+    env_vars = {e.name: e.value for e in pool.container_spec.env}
+    assert env_vars["INFLAME_BUNDLE"].startswith("/gcs/my-staging/inflame/code/")
+    assert env_vars["INFLAME_IMAGE_TORCH"] == "2.4"
     assert job.job_spec.scheduling.strategy == Scheduling.Strategy.SPOT
     assert job.job_spec.scheduling.timeout.total_seconds() == 3600
     assert job.job_spec.base_output_directory.output_uri_prefix.startswith(
         "gs://my-staging/inflame/jobs/tiny-vx-"
     )
-    assert "spot yes" in " ".join(result.stderr.split())
+    summary = " ".join(result.stderr.split())
+    assert "spot yes" in summary and "CustomJob message (aiplatform_v1)" in summary
+    assert "would send POST https://us-central1-aiplatform.googleapis.com/v1/projects/my-proj" in (
+        summary
+    )
 
 
 @pytest.mark.parametrize(
     ("tables", "fragment"),
     [
-        ({"targets": {"vertex": {"staging_bucket": "my-staging"}}}, "must be a bucket URI"),
+        ({"targets": {"vertex": {"staging_bucket": "my-staging"}}}, "must be gs://BUCKET"),
+        ({"targets": {"vertex": {"staging_bucket": "gs://My_Bucket"}}}, "must be gs://BUCKET"),
         ({"targets": {"vertex": {"machine": "a2"}}}, "Did you mean `machine_type`?"),
-        ({"data": {"train": "s3://bucket/train"}}, "Vertex AI reads data from Cloud Storage"),
+        ({"targets": {"vertex": {"project": "My Project"}}}, "a project id is 6-30"),
+        ({"targets": {"vertex": {"accelerator_type": "L4"}}}, "unknown accelerator 'L4'"),
+        ({"data": {"train": "s3://bucket/train"}}, "vertex reads data from gs://"),
+        ({"data": {"train-set": "gs://my-data/t"}}, "not valid on vertex"),
+        (
+            {
+                "targets": {"vertex": {"machine_type": "g2-standard-8"}},
+                "compute": {"gpus_per_node": 2},
+            },
+            "g2-standard-8 has 1 GPU(s) but compute.gpus_per_node is 2",
+        ),
+        (
+            {
+                "targets": {"vertex": {"machine_type": "n1-standard-8"}},
+                "compute": {"gpus_per_node": 8},
+            },
+            "n1-standard-8 cannot take NVIDIA_L4 GPUs",
+        ),
+        (
+            {
+                "targets": {
+                    "vertex": {
+                        "machine_type": "n1-standard-8",
+                        "accelerator_type": "NVIDIA_TESLA_T4",
+                    }
+                },
+                "compute": {"gpus_per_node": 8},
+            },
+            "n1-standard-8 takes 1, 2, 4 x NVIDIA_TESLA_T4, not 8",
+        ),
+        (
+            {"targets": {"vertex": {"machine_type": "e2-standard-8"}}},
+            "e2-standard-8 cannot take GPUs",
+        ),
+        (
+            {
+                "targets": {"vertex": {"accelerator_type": "NVIDIA_TESLA_T4"}},
+                "compute": {"gpus_per_node": 8},
+            },
+            "no Vertex AI machine type carries 8 x NVIDIA_TESLA_T4",
+        ),
+        (
+            {
+                "targets": {
+                    "vertex": {"machine_type": "a2-highgpu-1g", "accelerator_type": "NVIDIA_L4"}
+                }
+            },
+            "a2-highgpu-1g comes with NVIDIA_TESLA_A100 GPUs",
+        ),
     ],
 )
 def test_plan_errors_are_precise(vx_spec, tables, fragment):
     with pytest.raises(InflameError) as info:
         plan_submission(vx_spec(**tables), "vertex")
-    assert fragment in " ".join(str(info.value).split())
+    message = " ".join(str(info.value).split())
+    assert fragment in message and "vx.toml:" in message
 
 
-def _run_container(plan, demo_set: Path, gcs: Path, work: Path) -> subprocess.CompletedProcess:
-    """Vertex AI's container: buckets under /gcs (here `gcs`), AIP_* set from the base
-    output directory, the worker pool's own command."""
-    for name in ("train", "val"):
-        if not (gcs / "my-data" / "fowl" / name).exists():
-            shutil.copytree(demo_set / name, gcs / "my-data" / "fowl" / name)
+def test_a_hostile_bucket_name_never_reaches_a_shell(vx_spec, tmp_path: Path):
+    """The bucket once went into the entry script unquoted: `$(…)` ran in the job."""
+    marker = tmp_path / "pwned"
+    with pytest.raises(InflameError, match="must be gs://BUCKET"):
+        plan_submission(
+            vx_spec(targets={"vertex": {"staging_bucket": f'gs://b"; touch {marker}; "'}}),
+            "vertex",
+        )
+    plan = plan_submission(
+        vx_spec(targets={"vertex": {"staging_bucket": "gs://my.staging"}}), "vertex"
+    )
     [pool] = plan.request["jobSpec"]["workerPoolSpecs"]
+    assert "my.staging" not in pool["containerSpec"]["args"][0]  # values travel as variables
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "count", "machine"),
+    [
+        ("NVIDIA_L4", 1, "g2-standard-8"),
+        ("NVIDIA_L4", 4, "g2-standard-48"),
+        ("NVIDIA_TESLA_T4", 2, "n1-standard-16"),
+        ("NVIDIA_TESLA_V100", 8, "n1-standard-64"),
+        ("NVIDIA_TESLA_A100", 8, "a2-highgpu-8g"),
+        ("NVIDIA_A100_80GB", 2, "a2-ultragpu-2g"),
+        ("NVIDIA_H100_80GB", 8, "a3-highgpu-8g"),
+        ("NVIDIA_H200_141GB", 8, "a3-ultragpu-8g"),
+    ],
+)
+def test_the_machine_type_follows_accelerator_and_count(vx_spec, accelerator, count, machine):
+    assert default_machine(accelerator, count) == machine
+    plan = plan_submission(
+        vx_spec(
+            compute={"gpus_per_node": count},
+            targets={"vertex": {"accelerator_type": accelerator}},
+        ),
+        "vertex",
+    )
+    [pool] = plan.request["jobSpec"]["workerPoolSpecs"]
+    assert pool["machineSpec"] == {
+        "machineType": machine,
+        "acceleratorType": accelerator,
+        "acceleratorCount": count,
+    }
+
+
+@pytest.mark.parametrize("region", ["us-central1", "europe-west4", "asia-southeast1"])
+@pytest.mark.parametrize(("gpus", "nodes"), [(0, 1), (1, 1), (2, 2), (4, 3), (8, 4)])
+@pytest.mark.parametrize("spot", [False, True])
+def test_plan_matrix_is_valid_everywhere(vx_spec, region, gpus, nodes, spot):
+    long_name = "a_" + "very_long_experiment_name_" * 2 + "x"
+    plan = plan_submission(
+        vx_spec(
+            job={"name": long_name},
+            data={"train_2024_v1": "gs://my-data/t", "_val": "gs://my-data/v"},
+            compute={"gpus_per_node": gpus, "nodes": nodes, "spot": spot},
+            targets={"vertex": {"region": region, "accelerator_type": "NVIDIA_TESLA_A100"}},
+        ),
+        "vertex",
+    )
+    validate_request(plan.request)
+    job = CustomJob.from_json(json.dumps(plan.request))
+    pools = job.job_spec.worker_pool_specs
+    assert [p.replica_count for p in pools] == [1] + ([nodes - 1] if nodes > 1 else [])
+    machine = pools[0].machine_spec
+    assert machine.accelerator_count == gpus
+    assert machine.machine_type == ("n1-standard-8" if gpus == 0 else f"a2-highgpu-{gpus}g")
+    assert (job.job_spec.scheduling.strategy == Scheduling.Strategy.SPOT) == spot
+    assert len(job.display_name) <= 128 and job.display_name.startswith("a-very-long")
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda r: r.update(displayName="x" * 129), "allowed 1..128"),
+        (lambda r: r.update(labels={"Bad Key": "v"}), "labels['Bad Key']"),
+        (lambda r: r.update(surprise=1), "not a valid CustomJob"),
+        (
+            lambda r: r["jobSpec"]["workerPoolSpecs"][0].update(replicaCount="2"),
+            "primary pool has exactly 1 replica",
+        ),
+        (
+            lambda r: r["jobSpec"]["workerPoolSpecs"][0]["machineSpec"].update(acceleratorCount=3),
+            "g2-standard-8 comes with 1 x NVIDIA_L4, not 3",
+        ),
+        (
+            lambda r: r["jobSpec"]["workerPoolSpecs"][0]["diskSpec"].update(bootDiskSizeGb=10),
+            "allowed 100..64000",
+        ),
+        (
+            lambda r: r["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["env"].append(
+                {"name": "1X", "value": "y"}
+            ),
+            "'1X' is not a valid variable name",
+        ),
+    ],
+)
+def test_requests_are_checked_against_vertex_rules(vx_spec, change, fragment):
+    request = plan_submission(vx_spec(), "vertex").request
+    validate_request(request)
+    change(request)
+    with pytest.raises(InflameError) as info:
+        validate_request(request)
+    assert fragment in str(info.value)
+
+
+def test_the_strict_fake_refuses_what_vertex_refuses(vx_spec, gcp, tmp_path: Path):
+    plan = plan_submission(vx_spec(), "vertex")
+    plan.request["labels"]["Bad Key"] = "x"  # as if inflame had built a bad request
+    with pytest.raises(InflameError, match=r"400.*labels"):
+        submit_plan(plan, Ledger(tmp_path / "ledger.sqlite"))
+
+
+# ---- the job, run as Vertex AI runs it ----------------------------------------------------
+
+
+def vertex_nodes(plan, gcs: Path, where: Path, bin_dir: Path, port: int):
+    """Every replica of the job: worker pool 0 (the primary) and pool 1, each with Vertex AI's
+    variables, buckets under /gcs (shared), and the pool's own command."""
+    pools = plan.request["jobSpec"]["workerPoolSpecs"]
     base = plan.request["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"]
-    container = pool["containerSpec"]
-    env = guarded_env(
-        **{e["name"]: e["value"] for e in container["env"]},
-        AIP_MODEL_DIR=f"{base}/model/",
-        AIP_CHECKPOINT_DIR=f"{base}/checkpoints/",
-        INFLAME_GCS_ROOT=str(gcs),
-        INFLAME_WORKDIR=str(work),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    )
-    return subprocess.run(
-        [*container["command"], *container["args"]],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=work.parent,
-    )
+    replicas = [("workerpool0", 0)] + [
+        ("workerpool1", i) for i in range(int(pools[1]["replicaCount"]) if len(pools) > 1 else 0)
+    ]
+    cluster = {
+        pool: [f"{pool}-{i}:{port}" for p, i in replicas if p == pool]
+        for pool in dict.fromkeys(p for p, _ in replicas)
+    }
+    nodes = []
+    for rank, (pool_name, index) in enumerate(replicas):
+        root = where / f"{pool_name}-{index}"
+        root.mkdir(parents=True)
+        (root / "gcs").symlink_to(gcs)  # Cloud Storage FUSE: every replica sees the buckets
+        pool = pools[0 if pool_name == "workerpool0" else 1]
+        container = pool["containerSpec"]
+        cluster_spec = {
+            "cluster": cluster,
+            "environment": "cloud",
+            "task": {"type": pool_name, "index": index},
+            "job": json.dumps({"worker_pool_specs": pools}),
+        }
+        extra = {}
+        if len(replicas) > 1:  # Vertex AI's own variables for multi-replica jobs
+            extra = {
+                "RANK": str(rank),
+                "WORLD_SIZE": str(len(replicas)),
+                "MASTER_ADDR": "workerpool0-0",
+                "MASTER_PORT": str(port),
+            }
+        env = image_env(
+            bin_dir,
+            **{e["name"]: e["value"] for e in container["env"]},
+            **extra,
+            CLUSTER_SPEC=json.dumps(cluster_spec),
+            CLOUD_ML_JOB_ID="42",
+            AIP_MODEL_DIR=f"{base}/model/",
+            AIP_CHECKPOINT_DIR=f"{base}/checkpoints/",
+            AIP_TENSORBOARD_LOG_DIR=f"{base}/logs/",
+            INFLAME_PLATFORM_ROOT=str(root),
+            INFLAME_TEST_HOSTS_FILE=str(where / "dns"),
+        )
+        nodes.append(([*container["command"], *container["args"]], env, root))
+    (where / "dns").write_text("\n".join(f"{p}-{i}" for p, i in replicas))
+    return nodes
 
 
-def test_submit_run_resume_download_against_a_fake(
-    vx_spec, demo_set: Path, tmp_path: Path, monkeypatch
+def test_two_nodes_of_two_processes_train_resume_and_download(
+    vx_spec, gcp, demo_set: Path, tmp_path: Path, image_python: Path
 ):
     gcs = tmp_path / "gcs"
-    plan = plan_submission(vx_spec(hyperparameters={"epochs": 2}), "vertex")
+    for name in ("train", "val"):
+        shutil.copytree(demo_set / name, gcs / "my-data" / "fowl" / name)
+    plan = plan_submission(
+        vx_spec(
+            hyperparameters={"epochs": 2},
+            compute={"gpus_per_node": 2, "nodes": 2},
+            targets={"vertex": {"accelerator_type": "NVIDIA_TESLA_T4"}},
+        ),
+        "vertex",
+    )
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    with FakeGCP(gcs) as fake:
-        monkeypatch.setattr(TARGET, "client_options", fake.client_options)
-        monkeypatch.setattr(TARGET, "storage_client", fake.storage_client)
-        record = submit_plan(plan, ledger)
-        assert record.provider_id.startswith("projects/123/locations/us-central1/customJobs/")
-        assert "console.cloud.google.com/vertex-ai" in record.console_url
-        [created] = [
-            json.loads(b)
-            for m, p, b in fake.requests
-            if p.startswith("/v1/projects/my-proj/locations/us-central1/customJobs")
-        ]
-        sent = created["jobSpec"]
-        assert (
-            sent["workerPoolSpecs"][0]["containerSpec"]["args"]
-            == plan.request["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["args"]
-        )
-        assert sent["baseOutputDirectory"] == plan.request["jobSpec"]["baseOutputDirectory"]
-        assert sent["scheduling"]["restartJobOnWorkerRestart"] is True
-        bundle = gcs / "my-staging" / "inflame" / "code" / f"{plan.bundle.sha256}.tar.gz"
-        assert bundle.read_bytes() == plan.bundle.data
-        assert refresh(record, ledger).state == "pending"
+    record = submit_plan(plan, ledger)  # uploads the bundle where /gcs shows it
+    [(_, _, body)] = [r for r in gcp.requests if r[1].startswith("/v1/projects/my-proj")]
+    sent = json.loads(body)["jobSpec"]
+    assert sent["workerPoolSpecs"][1]["replicaCount"] == "1"
+    assert sent["scheduling"]["restartJobOnWorkerRestart"] is True
 
-        # the job runs: its command reads the bundle and data through /gcs, writes AIP_MODEL_DIR
-        first = _run_container(plan, demo_set, gcs, tmp_path / "work1")
-        assert first.returncode == 0, first.stdout + first.stderr
-        base = gcs / plan.request["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"][5:]
-        manifest = json.loads((base / "model" / "manifest.json").read_text())
-        assert manifest["status"] == "completed" and manifest["platform"] == "vertex"
-        (base / "checkpoints" / "epoch-0002.safetensors").unlink()  # preempted: restart
-        shutil.rmtree(base / "model")
-        second = _run_container(plan, demo_set, gcs, tmp_path / "work2")
-        assert second.returncode == 0, second.stdout + second.stderr
-        again = json.loads((base / "model" / "manifest.json").read_text())
-        assert again["resumed"] and again["weights_sha256"] == manifest["weights_sha256"]
+    first = run_nodes(vertex_nodes(plan, gcs, tmp_path / "run1", image_python, free_port()))
+    assert_all_ok(first)
+    base = gcs / plan.request["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"][5:]
+    manifest = json.loads((base / "model" / "manifest.json").read_text())
+    # one process per GPU on every node: Vertex's RANK/WORLD_SIZE (per node) decided nothing
+    assert manifest["status"] == "completed" and manifest["world_size"] == 4
+    assert manifest["platform"] == "vertex" and manifest["image"]["torch_expected"] == "2.4"
 
-        fake.jobs[record.provider_id]["state"] = "JOB_STATE_SUCCEEDED"
-        local = download(record, tmp_path / "downloaded")
-        assert (
-            json.loads((local / "manifest.json").read_text())["weights_sha256"]
-            == manifest["weights_sha256"]
-        )
-        assert (local / "model" / "weights.safetensors").is_file()
+    # preempted after epoch 1: the restarted job resumes from AIP_CHECKPOINT_DIR
+    (base / "checkpoints" / "epoch-0002.safetensors").unlink()
+    kept = (base / "checkpoints" / "epoch-0001.safetensors").read_bytes()
+    shutil.rmtree(base / "model")
+    second = run_nodes(vertex_nodes(plan, gcs, tmp_path / "run2", image_python, free_port()))
+    assert_all_ok(second)
+    again = json.loads((base / "model" / "manifest.json").read_text())
+    assert again["resumed"] and again["weights_sha256"] == manifest["weights_sha256"]
+    assert "resuming at epoch 2/2" in "".join(r.stderr for r in second)
+    assert (base / "checkpoints" / "epoch-0001.safetensors").read_bytes() == kept
 
-        job_id = record.provider_id.rsplit("/", 1)[-1]
-        for n in range(1, 4):
-            fake.add_log(job_id, text=f"epoch {n}/3")
-        fake.add_log(job_id, message="inflame: run complete")
-        fake.add_log("999", text="another job's line")
-        monkeypatch.setattr(TARGET, "logging_session", fake.logging_session)
-        lines: list[str] = []
-        from inflame.submit import follow
+    gcp.jobs[record.provider_id]["state"] = "JOB_STATE_SUCCEEDED"
+    local = download(record, tmp_path / "downloaded")
+    assert (
+        json.loads((local / "manifest.json").read_text())["weights_sha256"]
+        == (manifest["weights_sha256"])
+    )
+    assert (local / "model" / "weights.safetensors").is_file()
 
-        state = follow(record, ledger, logs=True, emit=lines.append, sleep=lambda s: None)
-        assert state.state == "completed"
-        assert lines == ["epoch 1/3", "epoch 2/3", "epoch 3/3", "inflame: run complete"]
 
-        second_record = submit_plan(plan, ledger, again=True)
-        uploads = [p for m, p, _ in fake.requests if p.startswith("/upload/")]
-        assert len(uploads) == 1  # the same code hash is not uploaded twice
-        cancel(second_record, ledger)
-        assert refresh(second_record, ledger).state == "stopping"
+def test_submit_status_logs_cancel_and_bundle_reuse(vx_spec, gcp, tmp_path: Path):
+    plan = plan_submission(vx_spec(), "vertex")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    record = submit_plan(plan, ledger)
+    assert record.provider_id.startswith("projects/123/locations/us-central1/customJobs/")
+    assert "console.cloud.google.com/vertex-ai" in record.console_url
+    bundle = tmp_path / "gcs" / "my-staging" / "inflame" / "code" / f"{plan.bundle.sha256}.tar.gz"
+    assert bundle.read_bytes() == plan.bundle.data
+
+    gcp.fail_next[r"customJobs/\d+(\?|$)"] = 2  # Vertex AI overloaded: reads are retried
+    assert refresh(record, ledger).state == "pending"
+    assert gcp.fail_next[r"customJobs/\d+(\?|$)"] == 0
+
+    job_id = record.provider_id.rsplit("/", 1)[-1]
+    for n in range(1, 4):
+        gcp.add_log(job_id, text=f"epoch {n}/3")
+    gcp.add_log(job_id, message="inflame: run complete")
+    gcp.add_log("999", text="another job's line")
+    gcp.jobs[record.provider_id]["state"] = "JOB_STATE_SUCCEEDED"
+    lines: list[str] = []
+    state = follow(record, ledger, logs=True, emit=lines.append, sleep=lambda s: None)
+    assert state.state == "completed"
+    assert lines == ["epoch 1/3", "epoch 2/3", "epoch 3/3", "inflame: run complete"]
+
+    uploads = lambda: [p for m, p, _ in gcp.requests if p.startswith("/upload/")]  # noqa: E731
+    second = submit_plan(plan, ledger, again=True)
+    assert len(uploads()) == 1  # the same code, MD5 verified: not uploaded twice
+    bundle.write_bytes(b"tampered")
+    submit_plan(plan, ledger, again=True)
+    assert len(uploads()) == 2 and bundle.read_bytes() == plan.bundle.data
+    cancel(second, ledger)
+    assert refresh(second, ledger).state == "stopping"
+
+
+def test_download_keeps_every_object_inside_the_destination(vx_spec, gcp, tmp_path: Path):
+    plan = plan_submission(vx_spec(), "vertex")
+    record = submit_plan(plan, Ledger(tmp_path / "ledger.sqlite"))
+    base = tmp_path / "gcs" / plan.request["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"][5:]
+    (base / "model" / "model").mkdir(parents=True)
+    (base / "model" / "model" / "model.json").write_text("{}")
+    (base / "model" / "..evil").write_text("x")  # a name with dots, still inside: fine
+    gcp.jobs[record.provider_id]["state"] = "JOB_STATE_SUCCEEDED"
+    local = download(record, tmp_path / "downloaded")
+    assert (local / "..evil").is_file() and not (tmp_path / "evil").exists()
 
 
 def test_missing_credentials_get_the_gcloud_hint(vx_spec, tmp_path: Path, monkeypatch):
@@ -192,12 +428,3 @@ def test_missing_credentials_get_the_gcloud_hint(vx_spec, tmp_path: Path, monkey
     with pytest.raises(InflameError, match="gcloud auth application-default login"):
         submit_plan(plan_submission(vx_spec(), "vertex"), ledger)
     assert ledger.all()[0].status == "submit-failed"
-
-
-def test_several_nodes_map_to_two_worker_pools(vx_spec):
-    plan = plan_submission(vx_spec(compute={"gpus_per_node": 2, "nodes": 3}), "vertex")
-    job = CustomJob.from_json(json.dumps(plan.request))
-    primary, workers = job.job_spec.worker_pool_specs
-    assert (primary.replica_count, workers.replica_count) == (1, 2)
-    assert primary.machine_spec.accelerator_count == workers.machine_spec.accelerator_count == 2
-    assert "--nnodes 3 --nproc-per-node 2" in workers.container_spec.args[0]

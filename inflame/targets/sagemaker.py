@@ -1,53 +1,93 @@
-"""AWS SageMaker through boto3: CreateTrainingJob, DescribeTrainingJob, StopTrainingJob and
-CloudWatch Logs.
+"""AWS SageMaker, through boto3: CreateTrainingJob, DescribeTrainingJob, StopTrainingJob and
+CloudWatch Logs; everything inflame knows about SageMaker lives in this module.
 
-The v3 `sagemaker` SDK's ModelTrainer calls AWS just to be constructed, uploads on dry-run and
-weighs about 1 GB; boto3 gives an exact, offline dry-run (validated by botocore's own model of
-CreateTrainingJob) and a light install.
+The job: the code bundle is uploaded once per content hash to `<output>/code/<sha256>.tar.gz`
+(with its SHA-256 checksum, verified before a bundle already there is reused) and arrives as
+the `code` channel; each [data] input is an S3 channel of the same name. The container's
+command is a short bootstrap that unpacks the bundle and runs its `entry.sh`, which starts
+`python -m inflame.job` from the bundle's own `vendor/` (nothing is installed, so jobs work
+with network isolation). The run directory is /opt/ml/model, which SageMaker uploads as
+model.tar.gz; checkpoints in /opt/ml/checkpoints are synced to `<output>/jobs/<job>/checkpoints`,
+so a restarted spot job resumes.
 
-The job: the code bundle is uploaded once per content hash to
-`<output>/code/<sha256>.tar.gz` and mounted as the `code` channel; each [data] input is an S3
-channel of the same name; the container unpacks the bundle, installs the small runtime
-requirements and runs `python -m inflame.job spec.toml`. The run directory (manifest,
-metrics, model) is /opt/ml/model, which SageMaker uploads as model.tar.gz; checkpoints in
-/opt/ml/checkpoints are synced to `<output>/<job>/checkpoints`, so a restarted spot job resumes.
+Every request is checked against botocore's full model of CreateTrainingJob (lengths,
+patterns, enums, list and map sizes, which botocore itself does not check) and against the
+documented rules the model cannot express. Overriding the image's entrypoint skips the
+sagemaker-training toolkit, so no `SM_*` variable is set: paths come from SageMaker's fixed
+layout and the cluster from /opt/ml/input/config/resourceconfig.json (docs/platforms.md).
+
+The v3 `sagemaker` SDK's ModelTrainer calls AWS just to be constructed and weighs about 1 GB;
+only its small `sagemaker-core` part is used, for the region's PyTorch image.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inflame.errors import InflameError
-from inflame.packaging import Bundle, safe_extract
-from inflame.spec import JobSpec
+from inflame.targets import base
 from inflame.targets.base import (
+    BUNDLE_ENV,
+    BoundPaths,
+    Capabilities,
+    Cluster,
+    JobPaths,
     JobState,
     Plan,
+    Provider,
+    Setting,
     Submitted,
     TargetSettings,
-    launch_args,
-    missing_sdk,
-    plan_summary,
-    unique_job_name,
 )
+from inflame.targets.sdk import Calls, ErrorTable, import_sdk
 
-KEYS = (
-    "role",
-    "region",
-    "instance_type",
-    "output",
-    "image",
-    "max_wait",
-    "volume_size",
-    "keep_alive_seconds",
-)
-DEFAULT_IMAGE = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.5-gpu-py311"
+if TYPE_CHECKING:  # pragma: no cover
+    from inflame.packaging import Bundle
+    from inflame.spec import JobSpec
+
+# The default image: the AWS PyTorch training container of the job's region, at an exact
+# framework version (sagemaker-core knows each region's registry account).
+IMAGE_TORCH, IMAGE_PYTHON = "2.10.0", "py313"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
-_ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")
+CODE_CHANNEL = "code"
+OPT_ML = "/opt/ml"
+MASTER_PORT = 7777  # what the sagemaker-training toolkit uses for torchrun
+MAX_RUNTIME = 28 * 24 * 3600  # CreateTrainingJob's documented maximum
+SETTINGS = (
+    Setting(
+        "role",
+        required=True,
+        example='"arn:aws:iam::123456789012:role/inflame-sagemaker"',
+        pattern=r"arn:aws[a-z-]*:iam::\d{12}:role/[a-zA-Z_0-9+=,.@/-]+",
+        rule="`role` must be an IAM role ARN (infra/aws creates one).",
+    ),
+    Setting(
+        "region",
+        required=True,
+        example='"us-east-1"',
+        pattern=r"[a-z]{2}(-[a-z]+)+-\d",
+        rule="`region` must be an AWS region name.",
+    ),
+    Setting(
+        "output",
+        required=True,
+        example='"s3://my-bucket/inflame"',
+        pattern=r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?",
+        rule="`output` must be an S3 prefix like s3://my-bucket/inflame.",
+    ),
+    Setting("instance_type", "ml.g5.xlarge"),
+    Setting("image"),  # default: the region's PyTorch training image
+    Setting("max_wait", kind=int),  # spot: default twice the maximum runtime
+    Setting("volume_size", 50, kind=int),
+    Setting("keep_alive_seconds", kind=int),
+)
 _STATES = {
     "InProgress": "running",
     "Completed": "completed",
@@ -55,15 +95,207 @@ _STATES = {
     "Stopping": "stopping",
     "Stopped": "stopped",
 }
+# GPUs per training instance type (AWS instance type documentation). Types of the m, c, r
+# and t families have none; botocore's enum of TrainingInstanceType lists the rest.
+GPU_INSTANCES = {
+    **dict.fromkeys(("ml.p2.xlarge", "ml.p3.2xlarge", "ml.p5.4xlarge"), 1),
+    "ml.p2.8xlarge": 8,
+    "ml.p2.16xlarge": 16,
+    "ml.p3.8xlarge": 4,
+    **dict.fromkeys(("ml.p3.16xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge"), 8),
+    **dict.fromkeys(("ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.p5e.48xlarge"), 8),
+    **dict.fromkeys(("ml.p5en.48xlarge", "ml.p6-b200.48xlarge", "ml.p6-b300.48xlarge"), 8),
+    "ml.p6e-gb200.36xlarge": 4,
+    **{f"ml.g4dn.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "ml.g4dn.12xlarge": 4,
+    **{
+        f"ml.{family}.{size}": n
+        for family in ("g5", "g6", "g6e")
+        for size, n in (
+            ("xlarge", 1),
+            ("2xlarge", 1),
+            ("4xlarge", 1),
+            ("8xlarge", 1),
+            ("16xlarge", 1),
+            ("12xlarge", 4),
+            ("24xlarge", 4),
+            ("48xlarge", 8),
+        )
+    },
+    **{
+        f"ml.g7e.{size}": n
+        for size, n in (
+            ("2xlarge", 1),
+            ("4xlarge", 1),
+            ("8xlarge", 1),
+            ("12xlarge", 2),
+            ("24xlarge", 4),
+            ("48xlarge", 8),
+        )
+    },
+}
+_CPU_FAMILY = re.compile(r"^ml\.(m|c|r)\d+[a-z]*\.|^ml\.t\d\.")
 
-ENTRY_SCRIPT = """\
-set -euo pipefail
-CODE="${SM_CHANNEL_CODE:-/opt/ml/input/data/code}"
-WORK="${INFLAME_WORKDIR:-/tmp/inflame}"
-mkdir -p "$WORK" && tar -xzf "$CODE"/*.tar.gz -C "$WORK" && cd "$WORK"
-python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-PYTHONPATH="$WORK/vendor${PYTHONPATH:+:$PYTHONPATH}" exec python -m inflame.job spec.toml
-"""
+
+def _botocore_model() -> Any:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("sagemaker")
+
+
+@cache
+def instance_gpus() -> dict[str, int]:
+    """Training instance type -> GPUs, for every type botocore's model lists that we know."""
+    enum = _botocore_model().shape_for("TrainingInstanceType").enum
+    table = {name: 0 for name in enum if _CPU_FAMILY.match(name)}
+    table.update(GPU_INSTANCES)
+    return table
+
+
+# ---- provider-strict validation --------------------------------------------------------
+
+
+def _shape_violations(shape: Any, value: Any, path: str) -> Iterator[str]:
+    """Everything in `value` that the botocore shape forbids: types, required and unknown
+    members, string lengths, patterns (matched whole, as the service does) and enums, list
+    and map sizes, number ranges."""
+    import regex  # the model's patterns use Java's \\p{…} classes
+
+    meta, kind = shape.metadata, shape.type_name
+    lo, hi = meta.get("min"), meta.get("max")
+    python_type = {"structure": dict, "list": list, "map": dict, "string": str}.get(kind)
+    if python_type is not None and not isinstance(value, python_type):
+        yield f"{path}: must be a {'object' if kind == 'structure' else kind}"
+        return
+    if kind in ("list", "map", "string") and (
+        (lo is not None and len(value) < lo) or (hi is not None and len(value) > hi)
+    ):
+        unit = {"list": "items", "map": "entries", "string": "characters"}[kind]
+        yield f"{path}: has {len(value)} {unit}, allowed {lo}..{hi}"
+    if kind == "structure":
+        for name in shape.required_members:
+            if name not in value:
+                yield f"{path}.{name}: required"
+        for name, item in value.items():
+            if name not in shape.members:
+                yield f"{path}.{name}: unknown member"
+            else:
+                yield from _shape_violations(shape.members[name], item, f"{path}.{name}")
+    elif kind == "list":
+        for i, item in enumerate(value):
+            yield from _shape_violations(shape.member, item, f"{path}[{i}]")
+    elif kind == "map":
+        for key, item in value.items():
+            yield from _shape_violations(shape.key, key, f"{path} key {key!r}")
+            yield from _shape_violations(shape.value, item, f"{path}[{key!r}]")
+    elif kind == "string":
+        pattern = meta.get("pattern")
+        if pattern and not regex.fullmatch(pattern, value):
+            yield f"{path}: {value[:80]!r} does not match the pattern {pattern}"
+        if shape.enum and value not in shape.enum:
+            yield f"{path}: {value!r} is not one of the allowed values"
+    elif kind in ("integer", "long"):
+        if not isinstance(value, int) or isinstance(value, bool):
+            yield f"{path}: must be an integer"
+        elif (lo is not None and value < lo) or (hi is not None and value > hi):
+            yield f"{path}: {value} is outside {lo}..{hi}"
+    elif kind == "boolean" and not isinstance(value, bool):
+        yield f"{path}: must be true or false"
+
+
+def _rule_violations(request: Mapping[str, Any]) -> Iterator[str]:
+    """Documented CreateTrainingJob rules that the model cannot express."""
+    stopping = request.get("StoppingCondition", {})
+    runtime, wait = stopping.get("MaxRuntimeInSeconds"), stopping.get("MaxWaitTimeInSeconds")
+    spot = request.get("EnableManagedSpotTraining", False)
+    if isinstance(runtime, int) and runtime > MAX_RUNTIME:
+        yield f"StoppingCondition.MaxRuntimeInSeconds: {runtime} is more than 28 days"
+    if wait is not None and not spot:
+        yield "StoppingCondition.MaxWaitTimeInSeconds: only for managed spot training"
+    if spot and wait is None:
+        yield "StoppingCondition.MaxWaitTimeInSeconds: required with managed spot training"
+    if isinstance(wait, int) and isinstance(runtime, int) and wait < runtime:
+        yield "StoppingCondition.MaxWaitTimeInSeconds: must be at least MaxRuntimeInSeconds"
+    resources = request.get("ResourceConfig", {})
+    if spot and "KeepAlivePeriodInSeconds" in resources:
+        yield "ResourceConfig.KeepAlivePeriodInSeconds: warm pools cannot be used with spot"
+    if resources.get("InstanceCount", 1) < 1:
+        yield "ResourceConfig.InstanceCount: at least 1"
+    names = [c.get("ChannelName") for c in request.get("InputDataConfig", [])]
+    for name in {n for n in names if names.count(n) > 1}:
+        yield f"InputDataConfig: channel {name!r} appears twice"
+
+
+def validate_request(request: Mapping[str, Any]) -> None:
+    """Check a CreateTrainingJob request as strictly as SageMaker does (offline)."""
+    shape = _botocore_model().operation_model("CreateTrainingJob").input_shape
+    problems = [*_shape_violations(shape, request, "CreateTrainingJob"), *_rule_violations(request)]
+    if problems:
+        raise InflameError(
+            "The SageMaker request would be rejected: " + "; ".join(problems[:10]) + "."
+        )
+
+
+CHECKS = (
+    "botocore's model of CreateTrainingJob, in full: types, required members, lengths, "
+    "patterns, enums, list and map sizes",
+    "SageMaker's documented rules: spot wait vs runtime, 28-day limit, warm pools, channels",
+    "the instance type's GPU count against compute.gpus_per_node",
+    "the region's PyTorch training image (sagemaker-core's registry table)",
+)
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+
+def _error_table() -> ErrorTable:
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    transient_codes = {
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequestsException",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "InternalServerError",
+        "RequestTimeout",
+        "SlowDown",
+    }
+
+    def explain(exc: BaseException) -> str | None:
+        if isinstance(exc, NoCredentialsError):
+            return (
+                "no AWS credentials found. Configure them with `aws configure` (or `aws sso "
+                "login`), or set AWS_PROFILE; `inflame submit --dry-run` needs none."
+            )
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            hint = {
+                "AccessDeniedException": " Check that your identity may call SageMaker and "
+                "pass the job's role (iam:PassRole).",
+                "ResourceLimitExceeded": " Ask AWS for a higher quota of this instance type "
+                "for training (Service Quotas), or pick another type.",
+            }.get(str(error.get("Code")), "")
+            return f"AWS said {error.get('Code')}: {error.get('Message')}.{hint}"
+        if isinstance(exc, BotoCoreError):
+            return str(exc)
+        return None
+
+    def transient(exc: BaseException) -> bool:
+        if isinstance(exc, (ConnectionError, ReadTimeoutError)):
+            return True
+        if isinstance(exc, ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return exc.response.get("Error", {}).get("Code") in transient_codes or status >= 500
+        return False
+
+    return ErrorTable(explain, transient)
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -71,193 +303,177 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def validate_request(request: dict[str, Any]) -> None:
-    """Check the request against botocore's model of CreateTrainingJob (offline)."""
-    import botocore.session
-    from botocore.validate import ParamValidator
-
-    model = botocore.session.get_session().get_service_model("sagemaker")
-    shape = model.operation_model("CreateTrainingJob").input_shape
-    report = ParamValidator().validate(request, shape)
-    if report.has_errors():
-        raise InflameError(f"The SageMaker request is invalid: {report.generate_report()}")
+def _sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-class SageMakerTarget:
+class SageMaker(Provider):
     name = "sagemaker"
     extra = "aws"
+    capabilities = Capabilities(
+        spot="managed spot, checkpoints synced to S3",
+        logs="CloudWatch Logs (/aws/sagemaker/TrainingJobs)",
+        data_schemes=("s3://",),
+        input_name=r"[A-Za-z0-9._-]{1,64}",
+        input_name_rule="SageMaker channel names are 1-64 letters, digits, `.`, `-` or `_`.",
+        reserved_inputs=(CODE_CHANNEL,),
+    )
 
-    def _boto3(self) -> Any:
+    def __init__(self) -> None:
+        self.calls = Calls(_error_table)
+
+    # ---- plan ---------------------------------------------------------------------------
+
+    def default_image(self, settings: TargetSettings, region: str, instance_type: str) -> str:
+        import_sdk(self.name, self.extra, "sagemaker.core")
+        from sagemaker.core import image_uris
+
         try:
-            import boto3
-        except ImportError as exc:
-            raise missing_sdk(self.name, self.extra, exc) from None
-        return boto3
+            return image_uris.retrieve(
+                "pytorch",
+                region=region,
+                version=IMAGE_TORCH,
+                py_version=IMAGE_PYTHON,
+                instance_type=instance_type,
+                image_scope="training",
+            )
+        except ValueError as exc:
+            raise settings.fail(
+                "region",
+                f"inflame knows no PyTorch training image for region {region!r} ({exc}). "
+                "Check the region, or set `image` to a training image in that region.",
+            ) from None
 
     def plan(self, spec: JobSpec, bundle: Bundle) -> Plan:
-        settings = TargetSettings(spec, self.name)
-        settings.check_known(KEYS)
-        role = settings.get(
-            "role", required=True, example='"arn:aws:iam::123456789012:role/inflame-sagemaker"'
+        settings = TargetSettings(spec, self.name, SETTINGS)
+        region, output = settings["region"], settings["output"].rstrip("/")
+        instance_type = settings["instance_type"]
+        warnings = base.check_gpus(settings, "instance_type", instance_type, instance_gpus())
+        base.check_data_inputs(
+            spec, self.name, self.capabilities, "e.g. `aws s3 sync {path} s3://BUCKET/{name}/`"
         )
-        if not _ROLE_RE.match(role):
-            raise settings.fail(
-                "role",
-                f"`role` must be an IAM role ARN like "
-                f"arn:aws:iam::123456789012:role/NAME, got {role!r}. "
-                "infra/aws creates one.",
-            )
-        region = settings.get("region", required=True, example='"us-east-1"')
-        output = settings.get("output", required=True, example='"s3://my-bucket/inflame"')
-        if not output.startswith("s3://") or not _split_s3(output)[0]:
-            raise settings.fail(
-                "output",
-                f"`output` must be an S3 prefix like s3://my-bucket/inflame, got {output!r}.",
-            )
-        output = output.rstrip("/")
-        instance_type = settings.get("instance_type", "ml.g5.xlarge")
-        image = settings.get("image", DEFAULT_IMAGE.format(region=region))
-        channels = []
-        for name, item in spec.data.items():
-            if not item.value.startswith("s3://"):
-                raise InflameError(
-                    f"Invalid job spec, {spec.locate(('data', name))}: SageMaker reads data from "
-                    f"S3, but data input `{name}` is {item.value}. Upload it (e.g. `aws s3 sync "
-                    f"{item.value} s3://BUCKET/{name}`) and pass `--set data.{name}=s3://…`."
-                )
-            channels.append(
-                {
-                    "ChannelName": name,
-                    "DataSource": {
-                        "S3DataSource": {
-                            "S3DataType": "S3Prefix",
-                            "S3Uri": item.value,
-                            "S3DataDistributionType": "FullyReplicated",
-                        }
-                    },
-                    "InputMode": "File",
-                }
-            )
-        name = unique_job_name(spec.job.name)
+        image = settings["image"] or self.default_image(settings, region, instance_type)
+        image_torch = "" if settings.given("image") else IMAGE_TORCH
+        warnings += base.image_torch_warning(self.name, image, image_torch)
+
+        name = base.unique_job_name(spec.job.name)
         code_uri = f"{output}/code/{bundle.sha256}.tar.gz"
         max_runtime = spec.compute.max_runtime_s or 24 * 3600
         stopping: dict[str, int] = {"MaxRuntimeInSeconds": max_runtime}
         if spec.compute.spot:
-            stopping["MaxWaitTimeInSeconds"] = settings.get("max_wait", 2 * max_runtime, kind=int)
+            stopping["MaxWaitTimeInSeconds"] = settings["max_wait"] or 2 * max_runtime
+
+        def channel(channel_name: str, uri: str) -> dict[str, Any]:
+            return {
+                "ChannelName": channel_name,
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": uri,
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+                "InputMode": "File",
+            }
+
+        environment = base.job_environment(spec, self.name, image, image_torch)
+        environment[BUNDLE_ENV] = f"{OPT_ML}/input/data/{CODE_CHANNEL}/{bundle.sha256}.tar.gz"
         request: dict[str, Any] = {
             "TrainingJobName": name,
-            "RoleArn": role,
+            "RoleArn": settings["role"],
             "AlgorithmSpecification": {
                 "TrainingImage": image,
                 "TrainingInputMode": "File",
-                "ContainerEntrypoint": ["/bin/bash", "-c"],
-                "ContainerArguments": [ENTRY_SCRIPT.rstrip("\n") + launch_args(spec) + "\n"],
+                "ContainerEntrypoint": ["/bin/sh", "-c"],
+                "ContainerArguments": [base.bootstrap_command(spec)],
             },
             "InputDataConfig": [
-                {
-                    "ChannelName": "code",
-                    "DataSource": {
-                        "S3DataSource": {
-                            "S3DataType": "S3Prefix",
-                            "S3Uri": code_uri,
-                            "S3DataDistributionType": "FullyReplicated",
-                        }
-                    },
-                    "InputMode": "File",
-                },
-                *channels,
+                channel(CODE_CHANNEL, code_uri),
+                # a prefix ending in / matches that folder only (not train_old/…)
+                *(channel(n, item.value.rstrip("/") + "/") for n, item in spec.data.items()),
             ],
             "OutputDataConfig": {"S3OutputPath": f"{output}/jobs"},
             "ResourceConfig": {
                 "InstanceType": instance_type,
                 "InstanceCount": spec.compute.nodes,
-                "VolumeSizeInGB": spec.compute.disk_gb or settings.get("volume_size", 50, kind=int),
+                "VolumeSizeInGB": spec.compute.disk_gb or settings["volume_size"],
             },
             "StoppingCondition": stopping,
             "EnableManagedSpotTraining": spec.compute.spot,
             "CheckpointConfig": {
                 "S3Uri": f"{output}/jobs/{name}/checkpoints",
-                "LocalPath": "/opt/ml/checkpoints",
+                "LocalPath": f"{OPT_ML}/checkpoints",
             },
-            "Environment": {
-                "INFLAME_PLATFORM": "sagemaker",
-                "INFLAME_CHECKPOINT_DIR": "/opt/ml/checkpoints",
-                "PYTHONUNBUFFERED": "1",
-            },
+            "Environment": environment,
             "Tags": [
                 {"Key": "inflame:job", "Value": spec.job.name},
                 {"Key": "inflame:spec-sha256", "Value": spec.resolved_sha256[:32]},
                 {"Key": "inflame:bundle-sha256", "Value": bundle.sha256[:32]},
             ],
         }
-        if "keep_alive_seconds" in settings.table:
-            request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = settings.get(
-                "keep_alive_seconds", kind=int
-            )
+        if settings["keep_alive_seconds"] is not None:
+            request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = settings["keep_alive_seconds"]
         validate_request(request)
-        summary = plan_summary(
-            self.name,
-            name,
+        return base.build_plan(
+            self,
             spec,
             bundle,
+            name,
+            request,
             where={"region": region, "instance type": instance_type},
             image=image,
-            spot="managed spot, checkpoints synced to S3",
+            image_torch=image_torch,
             outputs=f"{output}/jobs/{name}/output/model.tar.gz",
-        )
-        return Plan(
-            target=self.name,
-            job_name=name,
-            request=request,
-            rendered=json.dumps(request, indent=2),
-            summary=summary,
-            bundle=bundle,
-            spec_sha256=spec.resolved_sha256,
             locator={"region": region},
             uploads={code_uri: f"code bundle ({bundle.size} bytes)"},
+            checks=CHECKS,
+            endpoint=f"CreateTrainingJob at https://api.sagemaker.{region}.amazonaws.com",
+            warnings=warnings,
         )
 
-    def _session(self, locator: dict[str, Any]) -> Any:
-        return self._boto3().Session(region_name=locator["region"])
+    # ---- submit and follow ----------------------------------------------------------------
 
-    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    def session(self, locator: dict[str, Any]) -> Any:
+        boto3 = import_sdk(self.name, self.extra, "boto3")
+        return boto3.Session(region_name=locator["region"])
 
-        try:
-            return fn(**kwargs)
-        except NoCredentialsError:
-            raise InflameError(
-                f"{what}: no AWS credentials found. Configure them with `aws configure` (or "
-                "`aws sso login`), or set AWS_PROFILE; `inflame submit --dry-run` needs none."
-            ) from None
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise InflameError(
-                f"{what}: AWS said {error.get('Code')}: {error.get('Message')}"
-            ) from None
-        except BotoCoreError as exc:
-            raise InflameError(f"{what}: {exc}") from None
+    def _upload_bundle(self, s3: Any, uri: str, data: bytes) -> None:
+        """Upload the bundle unless an object with the same checksum is there already."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = _split_s3(uri)
+
+        def stored_checksum() -> str | None:
+            try:
+                head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return None
+                raise
+            return head.get("ChecksumSHA256")
+
+        checksum = _sha256_b64(data)
+        if self.calls.read(f"Checking the code bundle at {uri}", stored_checksum) == checksum:
+            return  # the same code, verified: not uploaded twice
+        self.calls.run(
+            f"Uploading the code bundle to {uri}",
+            s3.put_object,
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=checksum,
+        )
 
     def submit(self, plan: Plan) -> Submitted:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        session = self._session(plan.locator)
+        session = self.session(plan.locator)
         s3 = session.client("s3")
         for uri in plan.uploads:
-            bucket, key = _split_s3(uri)
-            try:
-                s3.head_object(Bucket=bucket, Key=key)  # same hash: already there
-            except (BotoCoreError, ClientError):  # absent (or unreadable): upload it
-                self._call(
-                    f"Uploading the code bundle to {uri}",
-                    s3.put_object,
-                    Bucket=bucket,
-                    Key=key,
-                    Body=plan.bundle.data,
-                )
-        sagemaker = session.client("sagemaker")
-        self._call(
-            "Creating the SageMaker training job", sagemaker.create_training_job, **plan.request
+            self._upload_bundle(s3, uri, plan.bundle.data)
+        self.calls.run(
+            "Creating the SageMaker training job",
+            session.client("sagemaker").create_training_job,
+            **plan.request,
         )
         region = session.region_name
         return Submitted(
@@ -267,8 +483,8 @@ class SageMakerTarget:
         )
 
     def status(self, provider_id: str, locator: dict[str, Any]) -> JobState:
-        client = self._session(locator).client("sagemaker")
-        found = self._call(
+        client = self.session(locator).client("sagemaker")
+        found = self.calls.read(
             "Reading the job status", client.describe_training_job, TrainingJobName=provider_id
         )
         provider_state = found["TrainingJobStatus"]
@@ -281,29 +497,33 @@ class SageMakerTarget:
         )
 
     def logs(self, provider_id: str, locator: dict[str, Any]) -> Iterator[str]:
-        client = self._session(locator).client("logs")
-        try:
-            streams = self._call(
-                "Listing the job's log streams",
-                client.describe_log_streams,
-                logGroupName=LOG_GROUP,
-                logStreamNamePrefix=f"{provider_id}/",
+        from botocore.exceptions import ClientError
+
+        client = self.session(locator).client("logs")
+
+        def stream_names() -> list[str]:
+            pages = client.get_paginator("describe_log_streams").paginate(
+                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{provider_id}/"
             )
-        except InflameError as exc:
-            if "ResourceNotFoundException" in str(exc):
-                return  # no logs yet
-            raise
-        for stream in sorted(streams.get("logStreams", []), key=lambda s: s["logStreamName"]):
+            try:
+                return [s["logStreamName"] for page in pages for s in page["logStreams"]]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                    return []  # no logs yet
+                raise
+
+        streams = self.calls.read("Listing the job's log streams", stream_names)
+        for stream in sorted(streams):
             token = None
             while True:
                 kwargs: dict[str, Any] = {
                     "logGroupName": LOG_GROUP,
                     "startFromHead": True,
-                    "logStreamName": stream["logStreamName"],
+                    "logStreamName": stream,
                 }
                 if token:
                     kwargs["nextToken"] = token
-                page = self._call("Reading the job's logs", client.get_log_events, **kwargs)
+                page = self.calls.read("Reading the job's logs", client.get_log_events, **kwargs)
                 for event in page.get("events", []):
                     yield event["message"]
                 if not page.get("events") or page.get("nextForwardToken") == token:
@@ -311,23 +531,62 @@ class SageMakerTarget:
                 token = page.get("nextForwardToken")
 
     def cancel(self, provider_id: str, locator: dict[str, Any]) -> None:
-        client = self._session(locator).client("sagemaker")
-        self._call(
+        client = self.session(locator).client("sagemaker")
+        self.calls.run(
             "Stopping the training job", client.stop_training_job, TrainingJobName=provider_id
         )
 
     def download(
         self, provider_id: str, locator: dict[str, Any], destination: Path, state: JobState
     ) -> Path:
+        from inflame.packaging import safe_extract
+
         if not state.model_uri:
             raise InflameError(f"Job {provider_id} completed but reports no model artifact.")
         bucket, key = _split_s3(state.model_uri)
-        s3 = self._session(locator).client("s3")
-        body = self._call(f"Downloading {state.model_uri}", s3.get_object, Bucket=bucket, Key=key)[
-            "Body"
-        ].read()
+        s3 = self.session(locator).client("s3")
+        body = self.calls.read(
+            f"Downloading {state.model_uri}",
+            lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read(),
+        )
         safe_extract(body, destination)
         return destination
 
+    # ---- inside the job ---------------------------------------------------------------------
 
-TARGET = SageMakerTarget()
+    def detect(self, env: Mapping[str, str]) -> bool:
+        return "TRAINING_JOB_NAME" in env and "TRAINING_JOB_ARN" in env
+
+    def job_paths(
+        self, spec: JobSpec, env: Mapping[str, str], bound: BoundPaths | None
+    ) -> JobPaths:
+        """Channels at /opt/ml/input/data/<name>, the model folder /opt/ml/model (uploaded
+        as model.tar.gz), checkpoints in /opt/ml/checkpoints (synced with S3)."""
+        return JobPaths(
+            platform=self.name,
+            data={n: base.platform_path(env, f"{OPT_ML}/input/data/{n}") for n in spec.data},
+            run_dir=base.platform_path(env, f"{OPT_ML}/model"),
+            checkpoint_dir=base.platform_path(env, f"{OPT_ML}/checkpoints"),
+        )
+
+    def cluster(self, env: Mapping[str, str]) -> Cluster:
+        """From resourceconfig.json: hosts algo-1…algo-N (node rank = place in the sorted
+        list, master = the first), and the network interface NCCL should use."""
+        path = base.platform_path(env, f"{OPT_ML}/input/config/resourceconfig.json")
+        try:
+            config = json.loads(path.read_text())
+            hosts, current = sorted(config["hosts"]), config["current_host"]
+            return Cluster(
+                nnodes=len(hosts),
+                node_rank=hosts.index(current),
+                master_addr=hosts[0],
+                master_port=MASTER_PORT,
+                network_interface=str(config.get("network_interface_name", "")),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InflameError(
+                f"Cannot read SageMaker's cluster description {path}: {exc}."
+            ) from None
+
+
+TARGET = SageMaker()

@@ -1,5 +1,10 @@
 """A loopback fake of the Azure ML REST API (and of the blob store its code upload uses),
-enough for MLClient.jobs.create_or_update / get / begin_cancel with the real SDK."""
+enough for MLClient.jobs.create_or_update / get / begin_cancel and compute.get with the real
+SDK.
+
+It is as strict as Azure ML where inflame depends on it: a job whose REST body breaks Azure
+ML's documented rules gets 400 UserError, and compute clusters have a VM size and a tier
+(`clusters`). `fail_next` makes the next requests to a path answer 503."""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from xml.sax.saxutils import escape
 
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
+
+from inflame.errors import InflameError
+from inflame.targets.azure import validate_request
 
 
 class FakeCredential:
@@ -49,6 +57,11 @@ class FakeAzureML:
         self.blobs: dict[str, bytes] = {}  # code uploads, by path
         # blobs behind the workspace datastores, by (container, name)
         self.store: dict[tuple[str, str], bytes] = {}
+        # compute clusters: name -> (VM size, "Dedicated" or "LowPriority")
+        self.clusters: dict[str, tuple[str, str]] = {
+            "gpu-cluster": ("Standard_NC24ads_A100_v4", "Dedicated")
+        }
+        self.fail_next: dict[str, int] = {}  # path regex -> how many 503 answers
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -113,8 +126,20 @@ class FakeAzureML:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _overloaded(self) -> bool:
+                for pattern, count in fake.fail_next.items():
+                    if count > 0 and re.search(pattern, self.path):
+                        fake.fail_next[pattern] -= 1
+                        self._reply(
+                            503, {"error": {"code": "ServiceUnavailable", "message": "busy"}}
+                        )
+                        return True
+                return False
+
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path, b""))
+                if self._overloaded():
+                    return
                 parts = urlsplit(self.path)
                 if ".blob.core.windows.net/" in parts.path:
                     return self._blob_get(parts)
@@ -141,6 +166,26 @@ class FakeAzureML:
                     )
                 if "/codes/" in path and path.endswith("/versions"):
                     return self._reply(200, {"value": []})
+                compute = re.search(r"/computes/([^/?]+)$", path)
+                if compute and compute.group(1) in fake.clusters:
+                    size, priority = fake.clusters[compute.group(1)]
+                    return self._reply(
+                        200,
+                        {
+                            "id": path.split("/", 2)[2],
+                            "name": compute.group(1),
+                            "location": "westeurope",
+                            "properties": {
+                                "computeType": "AmlCompute",
+                                "provisioningState": "Succeeded",
+                                "properties": {
+                                    "vmSize": size,
+                                    "vmPriority": priority,
+                                    "scaleSettings": {"minNodeCount": 0, "maxNodeCount": 4},
+                                },
+                            },
+                        },
+                    )
                 job = re.search(r"/jobs/([^/?]+)$", path)
                 if job and job.group(1) in fake.jobs:
                     return self._reply(200, fake.jobs[job.group(1)])
@@ -187,6 +232,12 @@ class FakeAzureML:
                 payload.update(id="/" + arm_id, name=parts.path.rsplit("/", 1)[-1])
                 job = re.search(r"/jobs/([^/?]+)$", parts.path)
                 if job:
+                    try:
+                        validate_request(unquote(job.group(1)), json.loads(body))
+                    except InflameError as exc:  # as strict as Azure ML
+                        return self._reply(
+                            400, {"error": {"code": "UserError", "message": str(exc)}}
+                        )
                     payload["properties"]["status"] = "NotStarted"
                     payload["properties"]["services"] = {
                         "Studio": {"endpoint": f"https://ml.azure.com/runs/{job.group(1)}"}

@@ -1,8 +1,15 @@
 """A loopback fake of the Vertex AI REST API (custom jobs) and of the Cloud Storage JSON API.
-Objects live as files under `root/<bucket>/<name>`, the same layout as Vertex's /gcs mount."""
+Objects live as files under `root/<bucket>/<name>`, the same layout as Vertex's /gcs mount.
+
+It is as strict as the services where inflame depends on it: a CustomJob that breaks the API
+message or Vertex AI's documented rules gets 400 INVALID_ARGUMENT, objects carry the MD5 that
+Cloud Storage computes, and an upload whose bytes do not match its declared MD5 is refused.
+`fail_next` makes the next requests to a path answer 503, as an overloaded service does."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import threading
@@ -13,6 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from inflame.errors import InflameError
+from inflame.targets.vertex import validate_request
+
 
 class FakeGCP:
     def __init__(self, root: Path):
@@ -20,6 +30,7 @@ class FakeGCP:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.log_entries: list[dict[str, Any]] = []  # Cloud Logging entries, with job_id
         self.requests: list[tuple[str, str, bytes]] = []
+        self.fail_next: dict[str, int] = {}  # path regex -> how many 503 answers
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,16 +50,28 @@ class FakeGCP:
 
             def _object(self, bucket: str, name: str) -> dict[str, Any]:
                 path = fake.root / bucket / name
+                data = path.read_bytes()
                 return {
                     "kind": "storage#object",
                     "bucket": bucket,
                     "name": name,
-                    "size": str(path.stat().st_size),
+                    "size": str(len(data)),
                     "generation": "1",
+                    "md5Hash": base64.b64encode(hashlib.md5(data).digest()).decode(),
                 }
+
+            def _overloaded(self) -> bool:
+                for pattern, count in fake.fail_next.items():
+                    if count > 0 and re.search(pattern, self.path):
+                        fake.fail_next[pattern] -= 1
+                        self._reply(503, {"error": {"code": 503, "message": "overloaded"}})
+                        return True
+                return False
 
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path, b""))
+                if self._overloaded():
+                    return
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
                 listing = re.match(r"^/storage/v1/b/([^/]+)/o$", parts.path)
@@ -86,6 +109,8 @@ class FakeGCP:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 fake.requests.append(("POST", self.path, body))
+                if self._overloaded():
+                    return
                 parts = urlsplit(self.path)
                 upload = re.match(r"^/upload/storage/v1/b/([^/]+)/o$", parts.path)
                 if upload:
@@ -93,7 +118,13 @@ class FakeGCP:
                         f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
                     )
                     metadata, media = [p.get_payload(decode=True) for p in message.iter_parts()]
-                    name = json.loads(metadata)["name"]
+                    declared = json.loads(metadata)
+                    name = declared["name"]
+                    md5 = base64.b64encode(hashlib.md5(media).digest()).decode()
+                    if declared.get("md5Hash", md5) != md5:
+                        return self._reply(
+                            400, {"error": {"code": 400, "message": "MD5 does not match"}}
+                        )
                     target = fake.root / upload.group(1) / name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(media)
@@ -103,6 +134,19 @@ class FakeGCP:
                 )
                 if create:
                     job = json.loads(body)
+                    try:
+                        validate_request(job)  # as strict as Vertex AI
+                    except InflameError as exc:
+                        return self._reply(
+                            400,
+                            {
+                                "error": {
+                                    "code": 400,
+                                    "message": str(exc),
+                                    "status": "INVALID_ARGUMENT",
+                                }
+                            },
+                        )
                     name = (
                         f"projects/123/locations/{create.group(3)}/customJobs/{len(fake.jobs) + 42}"
                     )
