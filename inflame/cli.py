@@ -435,8 +435,12 @@ def submit(
 
     plan = plan_submission(spec, target, overrides or [])
     console = _stderr()
-    _print_summary(redact(plan.summary, plan.secret_values))
-    for warning in (*plan.bundle.warnings, *plan.warnings):
+    shown = redact(
+        {"summary": plan.summary, "warnings": [*plan.bundle.warnings, *plan.warnings]},
+        plan.secret_values,
+    )
+    _print_summary(shown["summary"])
+    for warning in shown["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if plan.bundle.excluded_secrets:
         console.print(
@@ -448,8 +452,11 @@ def submit(
         console.print("[bold]checked against[/bold]")
         for check in plan.checks:
             console.print(f"  - {check}", soft_wrap=True)
-        console.print(f"[bold]would send[/bold] {plan.endpoint}", soft_wrap=True)
+        console.print(
+            f"[bold]would send[/bold] {redact(plan.endpoint, plan.secret_values)}", soft_wrap=True
+        )
         for uri, what in plan.uploads.items():
+            uri = redact(uri, plan.secret_values)
             console.print(f"[bold]would upload[/bold] {what} to {uri}", soft_wrap=True)
         print(plan.rendered)
         if output is not None:

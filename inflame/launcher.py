@@ -41,7 +41,7 @@ from inflame.runtime import (
     require_local_data,
 )
 from inflame.spec import JobSpec, load_spec
-from inflame.targets.base import IMAGE_ENV, IMAGE_TORCH_ENV, JobPaths
+from inflame.targets.base import IMAGE_ENV, IMAGE_TORCH_ENV, JobPaths, same_torch
 
 EXTRA_INPUTS = ".extra_inputs.json"  # rank 0 of a multi-process run hands these to the parent
 
@@ -383,8 +383,7 @@ def image_record(env: Mapping[str, str]) -> dict[str, Any]:
         "torch_expected": expected or None,
         "torch": running,
     }
-    same = running and running.split("+")[0].split(".")[:2] == expected.split(".")[:2]
-    if expected and running and not same:
+    if expected and running and not same_torch(running, expected):
         record["warning"] = (
             f"the image was expected to have torch {expected}, but torch {running} runs; "
             "weights may differ from runs on other images"

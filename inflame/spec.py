@@ -99,9 +99,10 @@ class JobSpec:
     def to_dict(self, *, resolved: bool = False) -> dict[str, Any]:
         """The spec as plain data, as a run directory and a code bundle store it (spec.toml):
         local paths absolute, every hyperparameter present. Values that came from `${env:…}`
-        in hyperparameters, targets and cloud data URIs are kept as their references, so no
-        variable's value (an API key, say) is ever written down; `resolved=True` gives the
-        values instead (for hashing and comparing, never for storing)."""
+        in hyperparameters, targets and cloud data URIs are kept as their references, so the
+        value of a variable used there (an API key, say) is never written down; [job] and
+        [compute] values and local paths are stored resolved. `resolved=True` gives the values
+        everywhere (for hashing and comparing, never for storing)."""
         job = {"name": self.job.name, "app": self.job.app, "seed": self.job.seed}
         if self.job.description:
             job["description"] = self.job.description
@@ -131,6 +132,17 @@ class JobSpec:
 
     def to_toml(self) -> str:
         return tomlfile.dumps(self.to_dict())
+
+    @property
+    def referenced_env(self) -> dict[str, str]:
+        """The variables the stored spec still references (and their values here): what a
+        job needs in its environment to read its spec.toml as this spec."""
+        stored = json.dumps(self.to_dict())
+        return {
+            name: value
+            for name, value in self.env_values.items()
+            if re.search(rf"\$\{{env:{re.escape(name)}(:-|\}})", stored)
+        }
 
     @property
     def stored_hyperparameters(self) -> dict[str, Any]:
@@ -476,6 +488,10 @@ def validate_spec(
     disk_gb = None
     if "disk_gb" in compute_raw:
         disk_gb = check.typed(compute_raw["disk_gb"], int, ("compute", "disk_gb"), "an integer")
+        if disk_gb < 1:
+            raise check.fail(
+                ("compute", "disk_gb"), f"`compute.disk_gb` must be at least 1, got {disk_gb}."
+            )
     compute = ComputeSection(gpus, nodes, spot, max_runtime_s, disk_gb)
 
     # [targets.<name>]: the target adapters validate their own tables.

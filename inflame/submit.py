@@ -20,7 +20,7 @@ from inflame.packaging import build_bundle
 from inflame.redact import redact
 from inflame.spec import JobSpec
 from inflame.targets import get_target
-from inflame.targets.base import JobState, Plan
+from inflame.targets.base import JobState, Plan, check_capabilities
 
 BUNDLE_APP = "./app"
 
@@ -37,6 +37,7 @@ def plan_submission(spec_path: str | Path, target: str, overrides: Sequence[str]
     bundle, and return the exact provider request. No credentials, no network."""
     adapter = get_target(target)
     job = prepare_job(spec_path, overrides)
+    check_capabilities(job.spec, adapter)
     local_data = [item.path for item in job.spec.data.values() if item.is_local]
     bundle = build_bundle(job.app.folder, bundle_spec_toml(job.spec), exclude=local_data)
     return adapter.plan(job.spec, bundle)

@@ -5,7 +5,8 @@ header (`{name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}`, padd
 spaces to a multiple of 8 bytes), then the tensors' raw bytes. The format is small enough to
 implement here, and doing so keeps the code that runs inside a cloud job free of compiled
 dependencies that training images do not ship (the `safetensors` package is one). Files
-written here load with the `safetensors` library and the other way round (a test checks).
+written here are byte for byte those the `safetensors` library writes, and each reads the
+other's (tests check both).
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 _MAX_HEADER = 100 * 1024 * 1024  # the library's own limit
+# The library's Dtype enum order: it writes tensors by dtype, last in this list first, then
+# by name (which also keeps every tensor aligned to its item size).
+_DTYPE_ORDER = (
+    "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
+    "I32", "U32", "F32", "F64", "I64", "U64",
+)  # fmt: skip
 
 
 def _dtypes() -> dict[str, torch.dtype]:
@@ -57,8 +64,8 @@ def save_tensors(
     import torch
 
     codes = {dtype: code for code, dtype in _dtypes().items()}
-    # Widest items first, as the library does, so every tensor starts aligned to its size.
-    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    rank = {code: i for i, code in enumerate(_DTYPE_ORDER)}
+    order = sorted(tensors, key=lambda name: (-rank.get(codes.get(tensors[name].dtype), 0), name))
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -116,9 +123,9 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         header, start = _read_header(handle, size)
-        data = bytearray(handle.read())
-    if len(data) != size - start:
-        raise TensorFileError("the file changed while it was read")
+        data = bytearray(size - start)  # read once, straight into the tensors' memory
+        if handle.readinto(data) != len(data):
+            raise TensorFileError("the file changed while it was read")
     tensors: dict[str, torch.Tensor] = {}
     end_of_data = 0
     for name, entry in sorted(

@@ -399,13 +399,21 @@ def test_two_nodes_of_two_processes_train_resume_and_download(
         == (manifest["weights_sha256"])
     )
 
-    # a blob whose name would land outside the destination stops the download, and nothing
-    # is left behind
-    azure.store[("azureml-blobstore", f"inflame/jobs/{job}/run//tmp/evil.txt")] = b"evil"
-    with pytest.raises(InflameError, match=re.escape("Refusing to write '/tmp/evil.txt'")):
-        download(record, tmp_path / "second")
-    assert not (tmp_path / "second").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".second")]
+
+@pytest.mark.parametrize("name", ["/tmp/evil.txt", "../evil.txt", "model/../../evil.txt"])
+def test_a_blob_never_lands_outside_the_download(az_spec, azure, tmp_path: Path, name: str):
+    """Azure `download` once refused `..` but not an absolute name: both stop the download,
+    and nothing is left behind."""
+    plan = plan_submission(az_spec(compute={"spot": False}), "azure")
+    record = submit_plan(plan, Ledger(tmp_path / "ledger.sqlite"))
+    prefix = f"inflame/jobs/{record.provider_id}/run/"
+    azure.store[("azureml-blobstore", prefix + "model/model.json")] = b"{}"
+    azure.store[("azureml-blobstore", prefix + name)] = b"evil"
+    azure.jobs[record.provider_id]["properties"]["status"] = "Completed"
+    with pytest.raises(InflameError, match="Refusing to write"):
+        download(record, tmp_path / "out" / "run")
+    assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_processes_must_match_the_job(az_spec, demo_set: Path, tmp_path: Path, image_python):

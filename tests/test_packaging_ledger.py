@@ -162,3 +162,15 @@ def test_ledger_records_finds_and_reports_duplicates(tmp_path: Path):
     with pytest.raises(InflameError, match="No job 'nope'"):
         ledger.find("nope")
     assert len(Ledger(tmp_path / "ledger.sqlite").all()) == 1  # persisted
+
+
+def test_download_tree_writes_below_the_prefix_and_refuses_escapes(tmp_path: Path):
+    from inflame.targets.base import download_tree
+
+    objects = {"p/model/w.bin": b"w", "p/": b"", "p/sub/": b"", "p/manifest.json": b"{}"}
+    assert download_tree(tmp_path / "d", "p/", objects, objects.__getitem__) == 2
+    assert (tmp_path / "d" / "model" / "w.bin").read_bytes() == b"w"
+    for evil in ("p//etc/evil", "p/../evil", "p/a/../../evil"):
+        with pytest.raises(InflameError, match="Refusing to write"):
+            download_tree(tmp_path / "e", "p/", [evil], lambda name: b"x")
+    assert not (tmp_path / "evil").exists()

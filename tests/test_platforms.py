@@ -136,3 +136,28 @@ def test_vertex_paths_come_through_the_gcs_mount(tmp_path: Path):
         VERTEX.job_paths(spec, {}, None)
     with pytest.raises(InflameError, match="paths come from the command line"):
         AZURE.job_paths(spec, {}, None)
+
+
+def test_capabilities_are_checked_in_one_place(tmp_path: Path):
+    """A provider that runs one node only refuses `nodes = 2` before anything is planned."""
+    import copy
+    import dataclasses
+
+    from inflame.spec import validate_spec
+    from inflame.targets.base import check_capabilities
+
+    spec = validate_spec(
+        {
+            "job": {"name": "x", "app": "fowl_classifier"},
+            "data": {"train": "gs://b/t"},
+            "compute": {"nodes": 2},
+        },
+        path=tmp_path / "spec.toml",
+    )
+    single = copy.copy(VERTEX)
+    single.capabilities = dataclasses.replace(VERTEX.capabilities, multi_node=False)
+    check_capabilities(spec, VERTEX)
+    with pytest.raises(InflameError, match="vertex runs jobs on one node only"):
+        check_capabilities(spec, single)
+    with pytest.raises(InflameError, match=r"reads data from s3:// URIs.*aws s3 sync"):
+        check_capabilities(spec, SAGEMAKER)

@@ -282,6 +282,25 @@ def test_gpus_per_node_must_match_the_instance(sm_spec):
         ({"data": {"code": f"s3://{BUCKET}/c"}}, ["`code` is used by inflame itself"]),
         ({"data": {"my data": f"s3://{BUCKET}/c"}}, ["SageMaker channel names are 1-64"]),
         ({"data": {"train": "gs://bucket/train"}}, ["sagemaker reads data from s3://"]),
+        ({"data": {"..": f"s3://{BUCKET}/c"}}, ["starting with a letter or digit"]),
+        (
+            {"targets": {"sagemaker": {"instance_type": "ml.g5.xlarg"}}},
+            ["not a SageMaker training instance type", "Did you mean `ml.g5.xlarge`?"],
+        ),
+        ({"compute": {"max_runtime": "30d"}}, ["compute.max_runtime", "at most 28 days"]),
+        (
+            {"targets": {"sagemaker": {"max_wait": 60}}},
+            ["targets.sagemaker.max_wait", "must be at least the maximum runtime"],
+        ),
+        (
+            {"targets": {"sagemaker": {"keep_alive_seconds": 600}}},
+            ["keep_alive_seconds", "warm pools cannot be used with spot"],
+        ),
+        ({"targets": {"sagemaker": {"volume_size": 0}}}, ["volume_size` = 0 is outside 1.."]),
+        (
+            {"targets": {"sagemaker": {"image": "${env:PATH}"}}},
+            ["targets.sagemaker.image", "which the job's platform or inflame sets itself"],
+        ),
     ],
 )
 def test_plan_errors_are_precise(sm_spec, tables, fragments):
@@ -405,6 +424,13 @@ def test_transient_errors_are_retried_for_reads_only(aws, sm_spec, tmp_path, mon
         cancel(record, ledger)
 
 
+@pytest.mark.parametrize("module", ["botocore", "sagemaker.core"])
+def test_a_missing_sdk_names_the_extra(sm_spec, monkeypatch, module):
+    monkeypatch.setitem(sys.modules, module, None)  # as if the [aws] extra were absent
+    with pytest.raises(InflameError, match=r'pip install "inflame\[aws\]"'):
+        plan_submission(sm_spec(), "sagemaker")
+
+
 def test_missing_credentials_get_the_aws_hint(sm_spec, tmp_path: Path, monkeypatch):
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
@@ -522,6 +548,7 @@ def test_two_nodes_of_two_processes_train_resume_and_download(
     work = tmp_path / "run1" / "algo-1" / "tmp" / "inflame"
     assert manifest["environment"]["inflame_path"] == str(work / "vendor" / "inflame")
     assert manifest["image"]["torch_expected"] == "2.10.0"
+    assert "expected to have torch 2.10.0, but torch" in manifest["image"]["warning"]
     assert not (tmp_path / "run1" / "algo-2" / "opt" / "ml" / "model" / "manifest.json").exists()
 
     # spot preemption after epoch 1: fresh instances, checkpoints synced down from S3

@@ -14,6 +14,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from inflame.errors import InflameError
 from inflame.ledger import Ledger
 from inflame.redact import redact
 from inflame.submit import plan_submission, submit_plan
@@ -144,6 +145,68 @@ def test_nothing_printed_or_stored_locally_holds_the_secret(secret_spec: Path, t
         cwd=tmp_path,
     )
     assert shown.returncode == 0 and SECRET not in shown.stdout + shown.stderr
+
+
+PROVIDERS = {
+    "vertex": (
+        {"train": "gs://my-data/t", "val": "gs://my-data/v"},
+        {"project": "my-proj", "region": "us-central1", "staging_bucket": "gs://my-staging"},
+    ),
+    "azure": (
+        {"train": "azureml://datastores/d/paths/t", "val": "azureml://datastores/d/paths/v"},
+        {
+            "subscription_id": "00000000-0000-0000-0000-000000000000",
+            "resource_group": "rg",
+            "workspace": "ws",
+            "instance_type": "Standard_NC24ads_A100_v4",
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("target", sorted(PROVIDERS))
+def test_every_provider_passes_the_secret_as_a_variable_only(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("MY_API_TOKEN", SECRET)
+    monkeypatch.setenv("INFLAME_HOME", str(tmp_path / "home"))
+    (tmp_path / "tokenapp").mkdir()
+    (tmp_path / "tokenapp" / "app.py").write_text(APP)
+    data, settings = PROVIDERS[target]
+    spec = write_cloud_spec(
+        tmp_path / "secret.toml",
+        "uses_a_token",
+        data,
+        target,
+        settings,
+        job={"app": str(tmp_path / "tokenapp")},
+        hyperparameters={"api_token": "${env:MY_API_TOKEN}"},
+        compute={"gpus_per_node": 1, "spot": False},
+    )
+    plan = plan_submission(spec, target)
+    assert SECRET in json.dumps(plan.request)  # the job's environment carries it
+    assert SECRET not in json.dumps(plan.stored_request)  # what the ledger keeps
+    assert SECRET not in plan.rendered and SECRET not in json.dumps(plan.summary)
+    assert SECRET.encode() not in bundle_text(plan)
+
+
+def test_a_variable_of_the_platform_cannot_be_overridden(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("INFLAME_HOME", str(tmp_path / "home"))
+    spec = write_cloud_spec(
+        tmp_path / "s.toml",
+        "x",
+        PROVIDERS["vertex"][0],
+        "vertex",
+        PROVIDERS["vertex"][1],
+        hyperparameters={"architecture": "${env:INFLAME_PLATFORM_ROOT:-resnet18}"},
+    )
+    monkeypatch.setenv("INFLAME_PLATFORM_ROOT", "resnet18")
+    with pytest.raises(InflameError, match=r"hyperparameters\.architecture.*INFLAME_PLATFORM_ROOT"):
+        plan_submission(spec, "vertex")
+    monkeypatch.delenv("INFLAME_PLATFORM_ROOT")
+    plan = plan_submission(spec, "vertex")  # unset: the default, and nothing to pass on
+    [pool] = plan.request["jobSpec"]["workerPoolSpecs"]
+    assert "INFLAME_PLATFORM_ROOT" not in {e["name"] for e in pool["containerSpec"]["env"]}
 
 
 def test_redaction_masks_known_values_secret_names_and_credential_shapes():

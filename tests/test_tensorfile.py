@@ -41,8 +41,16 @@ def test_round_trip_and_metadata(tmp_path: Path):
     assert read_metadata(path) == {"inflame": '{"epoch": 3}'}
 
 
-def test_the_library_reads_ours_and_we_read_the_librarys(tmp_path: Path):
-    tensors = sample()
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        sample(),
+        # same item size, names sorting against the library's dtype order
+        {"a": torch.arange(3, dtype=torch.int32), "b": torch.ones(2), "c": torch.ones(2).half()},
+        {"a": torch.tensor([True]), "b": torch.arange(4, dtype=torch.uint8), "z": torch.ones(1)},
+    ],
+)
+def test_the_library_reads_ours_and_we_read_the_librarys(tmp_path: Path, tensors):
     ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
     save_tensors(tensors, ours, metadata={"k": "v"})
     assert_same(safetensors.torch.load_file(str(ours)), tensors)

@@ -104,7 +104,6 @@ def test_dry_run_parses_as_the_api_type_and_is_offline(vx_spec, tmp_path: Path):
         ({"targets": {"vertex": {"project": "My Project"}}}, "a project id is 6-30"),
         ({"targets": {"vertex": {"accelerator_type": "L4"}}}, "unknown accelerator 'L4'"),
         ({"data": {"train": "s3://bucket/train"}}, "vertex reads data from gs://"),
-        ({"data": {"train-set": "gs://my-data/t"}}, "not valid on vertex"),
         (
             {
                 "targets": {"vertex": {"machine_type": "g2-standard-8"}},
@@ -159,6 +158,32 @@ def test_plan_errors_are_precise(vx_spec, tables, fragment):
     assert fragment in message and "vx.toml:" in message
 
 
+@pytest.mark.parametrize(
+    ("tables", "fragment"),
+    [
+        ({"targets": {"vertex": {"boot_disk_gb": 50}}}, "boot_disk_gb` = 50 is outside 100..64000"),
+        ({"compute": {"disk_gb": 70000}}, "compute.disk_gb): Vertex AI boot disks are 100 to"),
+    ],
+)
+def test_disk_sizes_are_checked_where_they_are_written(vx_spec, tables, fragment):
+    with pytest.raises(InflameError) as info:
+        plan_submission(vx_spec(**tables), "vertex")
+    assert fragment in " ".join(str(info.value).split())
+
+
+def test_machines_that_boot_from_hyperdisk_get_it(vx_spec):
+    plan = plan_submission(
+        vx_spec(
+            compute={"gpus_per_node": 8},
+            targets={"vertex": {"accelerator_type": "NVIDIA_H200_141GB"}},
+        ),
+        "vertex",
+    )
+    [pool] = plan.request["jobSpec"]["workerPoolSpecs"]
+    assert pool["machineSpec"]["machineType"] == "a3-ultragpu-8g"
+    assert pool["diskSpec"]["bootDiskType"] == "hyperdisk-balanced"
+
+
 def test_a_hostile_bucket_name_never_reaches_a_shell(vx_spec, tmp_path: Path):
     """The bucket once went into the entry script unquoted: `$(…)` ran in the job."""
     marker = tmp_path / "pwned"
@@ -172,6 +197,18 @@ def test_a_hostile_bucket_name_never_reaches_a_shell(vx_spec, tmp_path: Path):
     )
     [pool] = plan.request["jobSpec"]["workerPoolSpecs"]
     assert "my.staging" not in pool["containerSpec"]["args"][0]  # values travel as variables
+    # and a variable's content is never run, whatever it holds: run the job's own command
+    container = pool["containerSpec"]
+    result = subprocess.run(
+        [*container["command"], *container["args"]],
+        env=guarded_env(
+            INFLAME_BUNDLE=f'/b"; touch {marker}; "$(touch {marker})`touch {marker}`',
+            INFLAME_PLATFORM_ROOT=str(tmp_path / "root"),
+        ),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0  # no such archive
     assert not marker.exists()
 
 
@@ -213,7 +250,7 @@ def test_plan_matrix_is_valid_everywhere(vx_spec, region, gpus, nodes, spot):
     plan = plan_submission(
         vx_spec(
             job={"name": long_name},
-            data={"train_2024_v1": "gs://my-data/t", "_val": "gs://my-data/v"},
+            data={"train-2024.v1": "gs://my-data/t", "_val": "gs://my-data/v"},
             compute={"gpus_per_node": gpus, "nodes": nodes, "spot": spot},
             targets={"vertex": {"region": region, "accelerator_type": "NVIDIA_TESLA_A100"}},
         ),
@@ -408,16 +445,10 @@ def test_submit_status_logs_cancel_and_bundle_reuse(vx_spec, gcp, tmp_path: Path
     assert refresh(second, ledger).state == "stopping"
 
 
-def test_download_keeps_every_object_inside_the_destination(vx_spec, gcp, tmp_path: Path):
-    plan = plan_submission(vx_spec(), "vertex")
-    record = submit_plan(plan, Ledger(tmp_path / "ledger.sqlite"))
-    base = tmp_path / "gcs" / plan.request["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"][5:]
-    (base / "model" / "model").mkdir(parents=True)
-    (base / "model" / "model" / "model.json").write_text("{}")
-    (base / "model" / "..evil").write_text("x")  # a name with dots, still inside: fine
-    gcp.jobs[record.provider_id]["state"] = "JOB_STATE_SUCCEEDED"
-    local = download(record, tmp_path / "downloaded")
-    assert (local / "..evil").is_file() and not (tmp_path / "evil").exists()
+def test_a_missing_sdk_names_the_extra(vx_spec, monkeypatch):
+    monkeypatch.setitem(sys.modules, "google.cloud.aiplatform", None)  # no [gcp] extra
+    with pytest.raises(InflameError, match=r'pip install "inflame\[gcp\]"'):
+        plan_submission(vx_spec(), "vertex")
 
 
 def test_missing_credentials_get_the_gcloud_hint(vx_spec, tmp_path: Path, monkeypatch):

@@ -80,7 +80,6 @@ GPUS_TAG, SPOT_TAG = "inflame:gpus-per-node", "inflame:spot"  # read back at sub
 _JOB_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,254}")
 _EXPERIMENT_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,255}")
 _IO_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SETTINGS = (
     Setting(
         "subscription_id",
@@ -184,7 +183,7 @@ def _rule_violations(name: str, body: Mapping[str, Any]) -> Iterator[str]:
         if int(distribution.get("processCountPerInstance", 1)) < 1:
             yield "properties.distribution.processCountPerInstance: at least 1"
     for key in props.get("environmentVariables") or {}:
-        if not _ENV_NAME_RE.fullmatch(key):
+        if not base.ENV_NAME.fullmatch(key):
             yield f"properties.environmentVariables: {key!r} is not a valid variable name"
 
 
@@ -192,7 +191,12 @@ def validate_request(name: str, body: Mapping[str, Any]) -> None:
     """Check a command job, as sent over REST, as strictly as Azure ML does (offline)."""
     problems = list(_rule_violations(name, body))
     if problems:
-        raise InflameError("The Azure ML job would be rejected: " + "; ".join(problems[:10]) + ".")
+        raise InflameError(
+            "The Azure ML job would be rejected: "
+            + "; ".join(problems[:10])
+            + ". "
+            + base.VALIDATOR_HINT
+        )
 
 
 CHECKS = (
@@ -272,7 +276,15 @@ def stage_bundle(bundle: Bundle) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     safe_extract(bundle.data, staging)
-    staging.rename(folder)
+    try:
+        staging.rename(folder)
+    except OSError:  # another submission unpacked the same bundle meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (folder.is_dir() and _staged_matches(folder, bundle)):
+            raise InflameError(
+                f"Could not unpack the code bundle into {folder}; remove that folder and "
+                "submit again."
+            ) from None
     return folder
 
 
@@ -294,6 +306,7 @@ class AzureML(Provider):
         input_name=r"[a-zA-Z_][a-zA-Z0-9_]*",
         input_name_rule="Azure ML input names are letters, digits and `_`, not starting "
         "with a digit.",
+        upload_hint="az storage blob upload-batch -s {path} --destination-path {name} …",
         reserved_inputs=OUTPUTS,
         starts_processes=True,
     )
@@ -334,8 +347,6 @@ class AzureML(Provider):
         image_torch = "" if settings.given("environment") else IMAGE_TORCH
         warnings += base.image_torch_warning(self.name, environment, image_torch)
         datastore = settings["datastore"]
-        upload = "e.g. `az storage blob upload-batch`"
-        base.check_data_inputs(spec, self.name, self.capabilities, upload)
         ml = self._sdk()
         name = base.unique_job_name(spec.job.name, r"[^a-zA-Z0-9_-]+", limit=255)
         experiment = settings["experiment"] or spec.job.name

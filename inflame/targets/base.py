@@ -49,6 +49,7 @@ class Capabilities:
     data_schemes: tuple[str, ...]  # URI schemes of [data] inputs
     input_name: str  # regex a [data] name must match (the provider's own rule)
     input_name_rule: str  # the same rule, in words
+    upload_hint: str  # how to put local data there ({path} and {name} are filled in)
     reserved_inputs: tuple[str, ...] = ()  # names inflame itself uses there
     starts_processes: bool = False  # the platform starts one process per GPU itself
     multi_node: bool = True
@@ -129,6 +130,20 @@ class Cluster:
     network_interface: str = ""  # for NCCL_SOCKET_IFNAME, where the platform names it
 
 
+def split_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key` or `gs://bucket/key` -> (bucket, key)."""
+    bucket, _, key = uri.partition("://")[2].partition("/")
+    return bucket, key
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a valid environment variable name
+
+
+def same_torch(a: str, b: str) -> bool:
+    """Whether two torch versions share major.minor (`2.8.0+cu126` and `2.8` do)."""
+    return a.split("+")[0].split(".")[:2] == b.split("+")[0].split(".")[:2]
+
+
 def platform_path(env: Mapping[str, str], path: str) -> Path:
     """An absolute path of the platform (`/opt/ml/…`, `/gcs/…`), under the emulation root
     when one is set."""
@@ -146,6 +161,8 @@ class Setting:
     example: str = ""
     pattern: str | None = None  # matched against the whole value
     rule: str = ""  # the pattern, in words
+    minimum: int | None = None  # for numbers
+    maximum: int | None = None
 
 
 class TargetSettings:
@@ -201,7 +218,19 @@ class TargetSettings:
         if item.pattern is not None and not re.fullmatch(item.pattern, value):
             example = f" For example: {item.example}." if item.example else ""
             raise self.fail(item.key, f"`{where}` = {value!r} is not valid: {item.rule}{example}")
+        low = -float("inf") if item.minimum is None else item.minimum
+        high = float("inf") if item.maximum is None else item.maximum
+        if item.kind is int and not low <= value <= high:
+            bounds = f"{item.minimum if item.minimum is not None else '…'}..{item.maximum or '…'}"
+            raise self.fail(item.key, f"`{where}` = {value} is outside {bounds}.")
         return value
+
+
+VALIDATOR_HINT = (
+    "These fields come from the spec's [compute] and [targets] values; change the value "
+    "behind them (inflame checks most values where they are written, so this is likely "
+    "a value it does not check yet; please report it)."
+)
 
 
 def unique_job_name(job: str, disallowed: str = r"[^a-zA-Z0-9-]+", limit: int = 63) -> str:
@@ -230,8 +259,15 @@ def bootstrap_command(spec: JobSpec) -> str:
     return " ".join([BOOTSTRAP, *launch_args(spec)])
 
 
-def check_data_inputs(spec: JobSpec, target: str, caps: Capabilities, example: str) -> None:
-    """Every [data] input is a URI this provider reads, under a name it accepts."""
+def check_capabilities(spec: JobSpec, provider: Provider) -> None:
+    """What the spec asks of the provider, against its capability table, before any other
+    work: several nodes, and every [data] input a URI it reads under a name it accepts."""
+    target, caps = provider.name, provider.capabilities
+    if spec.compute.nodes > 1 and not caps.multi_node:
+        raise InflameError(
+            f"Invalid job spec, {spec.locate(('compute', 'nodes'))}: {target} runs jobs on one "
+            "node only. Set `nodes = 1`."
+        )
     for name, item in spec.data.items():
         where = spec.locate(("data", name))
         if name in caps.reserved_inputs:
@@ -246,11 +282,11 @@ def check_data_inputs(spec: JobSpec, target: str, caps: Capabilities, example: s
                 f"{target}: {caps.input_name_rule} Rename the input."
             )
         if not item.value.startswith(caps.data_schemes):
+            upload = caps.upload_hint.format(path=item.value, name=name)
             raise InflameError(
                 f"Invalid job spec, {where}: {target} reads data from "
                 f"{' or '.join(caps.data_schemes)} URIs, but data input `{name}` is "
-                f"{item.value}. Upload it ({example.format(path=item.value, name=name)}) "
-                f"and pass `--set data.{name}=URI`."
+                f"{item.value}. Upload it (e.g. `{upload}`) and pass `--set data.{name}=URI`."
             )
 
 
@@ -294,7 +330,7 @@ def image_torch_warning(target: str, image: str, image_torch: str) -> list[str]:
         local = metadata.version("torch")
     except metadata.PackageNotFoundError:
         return []
-    if not image_torch or local.split("+")[0].split(".")[:2] == image_torch.split(".")[:2]:
+    if not image_torch or same_torch(local, image_torch):
         return []
     return [
         f"the {target} image has torch {image_torch} but this machine has torch {local}; "
@@ -303,15 +339,38 @@ def image_torch_warning(target: str, image: str, image_torch: str) -> list[str]:
     ]
 
 
+# Variables a job's platform, image or inflame itself sets: a spec's `${env:…}` may not
+# replace them inside the job.
+RESERVED_ENV = re.compile(
+    r"(PATH|HOME|USER|SHELL|PWD|HOSTNAME|TMPDIR|LANG|TZ|RANK|LOCAL_RANK|WORLD_SIZE|NODE_RANK"
+    r"|MASTER_ADDR|MASTER_PORT|CLUSTER_SPEC|TF_CONFIG|TRAINING_JOB_NAME|TRAINING_JOB_ARN"
+    r"|(LC|LD|PYTHON|INFLAME|CUDA|NCCL|NVIDIA|OMP|TORCH|AWS|SM|SAGEMAKER|AZUREML|AZURE|AIP"
+    r"|CLOUD_ML|GOOGLE|GCE|PET|TORCHELASTIC)_\w*)"
+)
+
+
 def job_environment(spec: JobSpec, platform: str, image: str, image_torch: str) -> dict[str, str]:
-    """The variables every job gets: which platform it is, the image it asked for, and the
-    values of the spec's `${env:…}` references (the bundle holds only the references)."""
+    """The variables every job gets: the values of the `${env:…}` references its spec.toml
+    keeps (the bundle holds only the references), then which platform it is and the image
+    it asked for."""
+    env = spec.referenced_env
+    for name in env:
+        if RESERVED_ENV.fullmatch(name):
+            where = next(
+                (spec.locate(path) for path, text in spec.env_refs.items() if name in text),
+                str(spec.path),
+            )
+            raise InflameError(
+                f"Invalid job spec, {where}: `${{env:{name}}}` would be passed to the job as "
+                f"{name}, which the job's platform or inflame sets itself. Put the value in "
+                "another variable (e.g. MY_" + name + ") and reference that."
+            )
     return {
+        **env,
         PLATFORM_ENV: platform,
         "PYTHONUNBUFFERED": "1",
         IMAGE_ENV: image,
         IMAGE_TORCH_ENV: image_torch,
-        **spec.env_values,
     }
 
 
@@ -325,6 +384,7 @@ def plan_summary(
     image: str,
     image_torch: str,
     spot: str,
+    logs: str,
     outputs: str,
 ) -> dict[str, str]:
     """The --dry-run summary every target prints: where, what machine, what goes in and out."""
@@ -337,6 +397,7 @@ def plan_summary(
         "image": f"{image} (torch {image_torch or 'unknown'})",
         "inputs": ", ".join(f"{n}={item.value}" for n, item in spec.data.items()) or "-",
         "outputs": outputs,
+        "logs": logs,
         "code bundle": f"{bundle.size / 1024:.1f} KiB, sha256 {bundle.sha256}",
     }
 
@@ -400,6 +461,7 @@ def build_plan(
             image=image,
             image_torch=image_torch,
             spot=provider.capabilities.spot,
+            logs=provider.capabilities.logs,
             outputs=outputs,
         ),
         bundle=bundle,

@@ -31,7 +31,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inflame.errors import InflameError
+from inflame.errors import InflameError, did_you_mean
 from inflame.targets import base
 from inflame.targets.base import (
     BUNDLE_ENV,
@@ -84,9 +84,9 @@ SETTINGS = (
     ),
     Setting("instance_type", "ml.g5.xlarge"),
     Setting("image"),  # default: the region's PyTorch training image
-    Setting("max_wait", kind=int),  # spot: default twice the maximum runtime
-    Setting("volume_size", 50, kind=int),
-    Setting("keep_alive_seconds", kind=int),
+    Setting("max_wait", kind=int, minimum=1),  # spot: default twice the maximum runtime
+    Setting("volume_size", 50, kind=int, minimum=1),
+    Setting("keep_alive_seconds", kind=int, minimum=0, maximum=21600),
 )
 _STATES = {
     "InProgress": "running",
@@ -232,7 +232,10 @@ def validate_request(request: Mapping[str, Any]) -> None:
     problems = [*_shape_violations(shape, request, "CreateTrainingJob"), *_rule_violations(request)]
     if problems:
         raise InflameError(
-            "The SageMaker request would be rejected: " + "; ".join(problems[:10]) + "."
+            "The SageMaker request would be rejected: "
+            + "; ".join(problems[:10])
+            + ". "
+            + base.VALIDATOR_HINT
         )
 
 
@@ -298,11 +301,6 @@ def _error_table() -> ErrorTable:
     return ErrorTable(explain, transient)
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    return bucket, key
-
-
 def _sha256_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
@@ -314,8 +312,10 @@ class SageMaker(Provider):
         spot="managed spot, checkpoints synced to S3",
         logs="CloudWatch Logs (/aws/sagemaker/TrainingJobs)",
         data_schemes=("s3://",),
-        input_name=r"[A-Za-z0-9._-]{1,64}",
-        input_name_rule="SageMaker channel names are 1-64 letters, digits, `.`, `-` or `_`.",
+        input_name=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",  # also a folder name in the job
+        input_name_rule="SageMaker channel names are 1-64 letters, digits, `.`, `-` or `_`, "
+        "starting with a letter or digit.",
+        upload_hint="aws s3 sync {path} s3://BUCKET/{name}/",
         reserved_inputs=(CODE_CHANNEL,),
     )
 
@@ -346,12 +346,18 @@ class SageMaker(Provider):
 
     def plan(self, spec: JobSpec, bundle: Bundle) -> Plan:
         settings = TargetSettings(spec, self.name, SETTINGS)
+        for module in ("botocore", "regex"):  # the model check needs them: say which extra
+            import_sdk(self.name, self.extra, module)
         region, output = settings["region"], settings["output"].rstrip("/")
         instance_type = settings["instance_type"]
+        allowed = _botocore_model().shape_for("TrainingInstanceType").enum
+        if instance_type not in allowed:
+            raise settings.fail(
+                "instance_type",
+                f"{instance_type!r} is not a SageMaker training instance type."
+                f"{did_you_mean(instance_type, allowed)}",
+            )
         warnings = base.check_gpus(settings, "instance_type", instance_type, instance_gpus())
-        base.check_data_inputs(
-            spec, self.name, self.capabilities, "e.g. `aws s3 sync {path} s3://BUCKET/{name}/`"
-        )
         image = settings["image"] or self.default_image(settings, region, instance_type)
         image_torch = "" if settings.given("image") else IMAGE_TORCH
         warnings += base.image_torch_warning(self.name, image, image_torch)
@@ -359,9 +365,24 @@ class SageMaker(Provider):
         name = base.unique_job_name(spec.job.name)
         code_uri = f"{output}/code/{bundle.sha256}.tar.gz"
         max_runtime = spec.compute.max_runtime_s or 24 * 3600
+        if max_runtime > MAX_RUNTIME:
+            raise InflameError(
+                f"Invalid job spec, {spec.locate(('compute', 'max_runtime'))}: SageMaker runs a "
+                f"job for at most 28 days; compute.max_runtime is {max_runtime // 86400} days."
+            )
         stopping: dict[str, int] = {"MaxRuntimeInSeconds": max_runtime}
         if spec.compute.spot:
             stopping["MaxWaitTimeInSeconds"] = settings["max_wait"] or 2 * max_runtime
+            if stopping["MaxWaitTimeInSeconds"] < max_runtime:
+                raise settings.fail(
+                    "max_wait",
+                    f"`max_wait` ({settings['max_wait']} s) must be at least the maximum "
+                    f"runtime ({max_runtime} s): it counts the wait for spot capacity too.",
+                )
+            if settings["keep_alive_seconds"] is not None:
+                raise settings.fail(
+                    "keep_alive_seconds", "warm pools cannot be used with spot training."
+                )
 
         def channel(channel_name: str, uri: str) -> dict[str, Any]:
             return {
@@ -441,7 +462,7 @@ class SageMaker(Provider):
         """Upload the bundle unless an object with the same checksum is there already."""
         from botocore.exceptions import ClientError
 
-        bucket, key = _split_s3(uri)
+        bucket, key = base.split_uri(uri)
 
         def stored_checksum() -> str | None:
             try:
@@ -543,7 +564,7 @@ class SageMaker(Provider):
 
         if not state.model_uri:
             raise InflameError(f"Job {provider_id} completed but reports no model artifact.")
-        bucket, key = _split_s3(state.model_uri)
+        bucket, key = base.split_uri(state.model_uri)
         s3 = self.session(locator).client("s3")
         body = self.calls.read(
             f"Downloading {state.model_uri}",

@@ -101,12 +101,12 @@ SETTINGS = (
         pattern=r"[^@\s]+@[a-z0-9.-]+\.gserviceaccount\.com",
         rule="`service_account` must be a service account's email address.",
     ),
-    Setting("boot_disk_gb", 100, kind=int),
+    Setting("boot_disk_gb", 100, kind=int, minimum=100, maximum=64000),
 )
 _LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 BOOT_DISK_TYPES = ("pd-ssd", "pd-standard", "hyperdisk-balanced")
+HYPERDISK_MACHINES = ("a3-ultragpu-8g", "a4-highgpu-8g")  # boot from hyperdisk-balanced
 
 # Machine types that come with their GPUs (Vertex AI "Configure compute resources").
 FIXED_GPU_MACHINES: dict[str, tuple[str, int]] = {
@@ -221,7 +221,7 @@ def _rule_violations(job: Any) -> Iterator[str]:
         if not container.image_uri:
             yield f"{where}.containerSpec.imageUri: required"
         for env in container.env:
-            if not _ENV_NAME_RE.fullmatch(env.name):
+            if not base.ENV_NAME.fullmatch(env.name):
                 yield f"{where}.containerSpec.env: {env.name!r} is not a valid variable name"
         disk = pool.disk_spec
         if disk.boot_disk_type and disk.boot_disk_type not in BOOT_DISK_TYPES:
@@ -248,7 +248,10 @@ def validate_request(request: Mapping[str, Any]) -> None:
     problems = list(_rule_violations(job))
     if problems:
         raise InflameError(
-            "The Vertex AI request would be rejected: " + "; ".join(problems[:10]) + "."
+            "The Vertex AI request would be rejected: "
+            + "; ".join(problems[:10])
+            + ". "
+            + base.VALIDATOR_HINT
         )
 
 
@@ -294,11 +297,6 @@ def _error_table() -> ErrorTable:
     return ErrorTable(explain, transient)
 
 
-def _split_gs(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("gs://") :].partition("/")
-    return bucket, key
-
-
 class Vertex(Provider):
     name = "vertex"
     extra = "gcp"
@@ -306,9 +304,9 @@ class Vertex(Provider):
         spot="SPOT scheduling, restarts resume from checkpoints",
         logs="Cloud Logging (resource type ml_job)",
         data_schemes=("gs://",),
-        input_name=r"[A-Za-z_][A-Za-z0-9_]{0,62}",
-        input_name_rule="inflame passes Vertex AI inputs by name; names are letters, digits "
-        "and `_`, starting with a letter or `_` (at most 63).",
+        input_name=r".+",  # the job reads inputs through /gcs; Vertex AI never sees the names
+        input_name_rule="",
+        upload_hint="gcloud storage cp -r {path} gs://BUCKET/{name}",
     )
 
     def __init__(self) -> None:
@@ -363,22 +361,22 @@ class Vertex(Provider):
         settings = TargetSettings(spec, self.name, SETTINGS)
         project, region = settings["project"], settings["region"]
         staging = settings["staging_bucket"].rstrip("/")
-        base.check_data_inputs(
-            spec,
-            self.name,
-            self.capabilities,
-            "e.g. `gcloud storage cp -r {path} gs://BUCKET/{name}`",
-        )
         machine, accelerator, warnings = self._machine(settings, spec)
         image = settings["image"]
         image_torch = "" if settings.given("image") else IMAGE_TORCH
+        disk_gb = spec.compute.disk_gb or settings["boot_disk_gb"]
+        if not 100 <= disk_gb <= 64000:
+            raise InflameError(
+                f"Invalid job spec, {spec.locate(('compute', 'disk_gb'))}: Vertex AI boot disks "
+                f"are 100 to 64000 GB, not {disk_gb}."
+            )
         warnings += base.image_torch_warning(self.name, image, image_torch)
         aiplatform = self._sdk()
         from google.auth.credentials import AnonymousCredentials
         from google.cloud.aiplatform_v1.types import Scheduling
 
         name = base.unique_job_name(spec.job.name.lower(), r"[^a-z0-9-]+", limit=128)
-        bucket, prefix = _split_gs(staging)
+        bucket, prefix = base.split_uri(staging)
         code_key = f"{prefix + '/' if prefix else ''}inflame/code/{bundle.sha256}.tar.gz"
         base_output = f"{staging}/inflame/jobs/{name}"
         environment = base.job_environment(spec, self.name, image, image_torch)
@@ -393,8 +391,10 @@ class Vertex(Provider):
                 "env": [{"name": k, "value": v} for k, v in environment.items()],
             },
             "disk_spec": {
-                "boot_disk_type": "pd-ssd",
-                "boot_disk_size_gb": spec.compute.disk_gb or settings["boot_disk_gb"],
+                "boot_disk_type": "hyperdisk-balanced"
+                if machine in HYPERDISK_MACHINES
+                else "pd-ssd",
+                "boot_disk_size_gb": disk_gb,
             },
         }
         if accelerator:
@@ -472,7 +472,7 @@ class Vertex(Provider):
 
     def _upload_bundle(self, storage: Any, uri: str, data: bytes) -> None:
         """Upload the bundle unless an object with the same MD5 is there already."""
-        bucket, key = _split_gs(uri)
+        bucket, key = base.split_uri(uri)
         blob = self.calls.read(
             f"Checking the code bundle at {uri}", storage.bucket(bucket).get_blob, key
         )
@@ -586,7 +586,7 @@ class Vertex(Provider):
     ) -> Path:
         if not state.model_uri:
             raise InflameError(f"Job {provider_id} completed but reports no model artifact.")
-        bucket_name, prefix = _split_gs(state.model_uri)
+        bucket_name, prefix = base.split_uri(state.model_uri)
         client = self.calls.run("Connecting to Cloud Storage", self.storage_client, locator)
         bucket = client.bucket(bucket_name)
         names = self.calls.read(
