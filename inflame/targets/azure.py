@@ -190,13 +190,7 @@ def _rule_violations(name: str, body: Mapping[str, Any]) -> Iterator[str]:
 def validate_request(name: str, body: Mapping[str, Any]) -> None:
     """Check a command job, as sent over REST, as strictly as Azure ML does (offline)."""
     problems = list(_rule_violations(name, body))
-    if problems:
-        raise InflameError(
-            "The Azure ML job would be rejected: "
-            + "; ".join(problems[:10])
-            + ". "
-            + base.VALIDATOR_HINT
-        )
+    base.refuse_problems("Azure ML job", problems)
 
 
 CHECKS = (

@@ -226,11 +226,15 @@ class TargetSettings:
         return value
 
 
-VALIDATOR_HINT = (
-    "These fields come from the spec's [compute] and [targets] values; change the value "
-    "behind them (inflame checks most values where they are written, so this is likely "
-    "a value it does not check yet; please report it)."
-)
+def refuse_problems(what: str, problems: list[str]) -> None:
+    """Raise one InflameError listing what a provider would reject in a request (if any)."""
+    if problems:
+        raise InflameError(
+            f"The {what} would be rejected: {'; '.join(problems[:10])}. These fields come "
+            "from the spec's [compute] and [targets] values; change the value behind them "
+            "(inflame checks most values where they are written, so this is likely one it "
+            "does not check yet: please report it)."
+        )
 
 
 def unique_job_name(job: str, disallowed: str = r"[^a-zA-Z0-9-]+", limit: int = 63) -> str:

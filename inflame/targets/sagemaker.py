@@ -230,13 +230,7 @@ def validate_request(request: Mapping[str, Any]) -> None:
     """Check a CreateTrainingJob request as strictly as SageMaker does (offline)."""
     shape = _botocore_model().operation_model("CreateTrainingJob").input_shape
     problems = [*_shape_violations(shape, request, "CreateTrainingJob"), *_rule_violations(request)]
-    if problems:
-        raise InflameError(
-            "The SageMaker request would be rejected: "
-            + "; ".join(problems[:10])
-            + ". "
-            + base.VALIDATOR_HINT
-        )
+    base.refuse_problems("SageMaker request", problems)
 
 
 CHECKS = (

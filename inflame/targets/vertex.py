@@ -246,13 +246,7 @@ def validate_request(request: Mapping[str, Any]) -> None:
     except Exception as exc:
         raise InflameError(f"The Vertex AI request is not a valid CustomJob: {exc}") from None
     problems = list(_rule_violations(job))
-    if problems:
-        raise InflameError(
-            "The Vertex AI request would be rejected: "
-            + "; ".join(problems[:10])
-            + ". "
-            + base.VALIDATOR_HINT
-        )
+    base.refuse_problems("Vertex AI request", problems)
 
 
 CHECKS = (
