@@ -137,7 +137,9 @@ GPU_INSTANCES = {
 _CPU_FAMILY = re.compile(r"^ml\.(m|c|r)\d+[a-z]*\.|^ml\.t\d\.")
 
 
+@cache
 def _botocore_model() -> Any:
+    """botocore's SageMaker service model, loaded once (every plan reads it several times)."""
     import botocore.session
 
     return botocore.session.get_session().get_service_model("sagemaker")
