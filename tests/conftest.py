@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from inflame import tomlfile
 from inflame.data.demo import make_demo_dataset
 
 _LOOPBACK = ("127.", "::1", "localhost")
+# One cache folder for the whole session (subprocesses inherit it): never the user's own.
+os.environ["INFLAME_CACHE_DIR"] = tempfile.mkdtemp(prefix="inflame-test-cache-")
 
 
 @pytest.fixture(autouse=True)

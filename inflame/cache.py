@@ -1,0 +1,84 @@
+"""The local cache folder: work inflame can redo but should not (file fingerprints, decoded
+images, frozen-backbone features). Everything here can be deleted at any time.
+
+Location: `$INFLAME_CACHE_DIR`, else `$XDG_CACHE_HOME/inflame`, else `~/.cache/inflame`.
+Each kind of cache lives in its own sub-folder (`KINDS`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE_ENV = "INFLAME_CACHE_DIR"
+DISABLE_ENV = "INFLAME_NO_CACHE"  # "1": compute everything again, write nothing
+KINDS = {
+    "fingerprints": "sha256 of data files, keyed by path, size, mtime and inode",
+    "decoded": "images decoded and resized once to the training resolution",
+    "features": "a frozen backbone's features per image",
+}
+
+
+def cache_root(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get(CACHE_ENV):
+        return Path(env[CACHE_ENV]).expanduser()
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]).expanduser() / "inflame"
+    return Path.home() / ".cache" / "inflame"
+
+
+def cache_enabled(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return env.get(DISABLE_ENV, "") in ("", "0")
+
+
+def cache_dir(kind: str, env: Mapping[str, str] | None = None) -> Path:
+    """The folder of one kind of cache (not created here)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}")
+    return cache_root(env) / kind
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    kind: str
+    path: Path
+    entries: int
+    bytes: int
+
+
+def _size(path: Path) -> tuple[int, int]:
+    entries = total = 0
+    if not path.is_dir():
+        return 0, 0
+    for child in path.iterdir():
+        entries += 1
+        if child.is_dir():
+            total += sum(f.stat().st_size for f in child.rglob("*") if f.is_file())
+        elif child.is_file():
+            total += child.stat().st_size
+    return entries, total
+
+
+def usage(env: Mapping[str, str] | None = None) -> list[CacheUsage]:
+    """Entries and bytes per kind of cache."""
+    rows = []
+    for kind in KINDS:
+        path = cache_dir(kind, env)
+        entries, total = _size(path)
+        rows.append(CacheUsage(kind, path, entries, total))
+    return rows
+
+
+def clear(kinds: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Delete the given kinds of cache (all by default); return the bytes freed."""
+    freed = 0
+    for kind in kinds or list(KINDS):
+        path = cache_dir(kind, env)
+        freed += _size(path)[1]
+        shutil.rmtree(path, ignore_errors=True)
+    return freed
