@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,9 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(folder: Path, state: TrainingState, keep: int = 2) -> Path:
-    """Atomically write the checkpoint for `state.epoch`, then prune all but the last `keep`."""
-    folder.mkdir(parents=True, exist_ok=True)
+def snapshot(state: TrainingState) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Copy `state` into CPU tensors and JSON-ready metadata that training can no longer
+    change: the only part of a checkpoint that has to run on the training thread."""
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in state.model.items()}
     meta: dict[str, Any] = {
         "format": 1,
@@ -95,18 +96,85 @@ def save_checkpoint(folder: Path, state: TrainingState, keep: int = 2) -> Path:
     if state.optimizer is not None:
         opt_tensors, meta["optimizer"] = _flatten_optimizer(state.optimizer)
         tensors.update(opt_tensors)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    target = checkpoint_path(folder, state.epoch)
+    copied = {k: _cpu_copy(v) for k, v in tensors.items()}
+    return copied, json.loads(json.dumps(meta))  # a deep copy, and proof it is JSON
+
+
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach()
+    if tensor.device.type == "cpu":
+        return tensor.contiguous().clone()
+    return tensor.to("cpu").contiguous()
+
+
+def write_snapshot(
+    folder: Path, epoch: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], keep: int
+) -> Path:
+    """Atomically write one checkpoint (temporary name, fsync, rename, fsync the folder),
+    then prune all but the last `keep`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = checkpoint_path(folder, epoch)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    save_tensors(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    try:
+        save_tensors(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(folder)
-    for epoch, path in list_checkpoints(folder)[:-keep] if keep > 0 else []:
-        if epoch != state.epoch:
+    for old, path in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        if old != epoch:
             path.unlink(missing_ok=True)
     return target
+
+
+def save_checkpoint(folder: Path, state: TrainingState, keep: int = 2) -> Path:
+    """Atomically write the checkpoint for `state.epoch`, then prune all but the last `keep`."""
+    tensors, meta = snapshot(state)
+    return write_snapshot(folder, state.epoch, tensors, meta, keep)
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so a checkpoint costs the training loop
+    only the copy of its tensors. At most one write is in flight: `submit` waits for the
+    previous one first. A failed write is raised by the next `submit` or by `wait`."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.written: list[Path] = []
+
+    def submit(self, folder: Path, state: TrainingState, keep: int = 2) -> None:
+        self.wait()
+        tensors, meta = snapshot(state)
+        self._thread = threading.Thread(
+            target=self._write,
+            args=(folder, state.epoch, tensors, meta, keep),
+            name=f"inflame-checkpoint-{state.epoch}",
+            daemon=False,  # the interpreter waits for a write in flight before exiting
+        )
+        self._thread.start()
+
+    def _write(self, *args: Any) -> None:
+        try:
+            self.written.append(write_snapshot(*args))
+        except BaseException as exc:  # handed to the training thread
+            self._error = exc
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RunError(
+                f"Writing a checkpoint failed: {error}. Check the free space and "
+                "permissions of the checkpoint folder; the run can be resumed from its last "
+                "complete checkpoint."
+            ) from error
 
 
 def load_checkpoint(path: Path) -> TrainingState:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from inflame.errors import InflameError
 from inflame.runtime import Context
-from inflame.training.checkpoint import TrainingState, latest_checkpoint, save_checkpoint
+from inflame.training.checkpoint import CheckpointWriter, TrainingState, latest_checkpoint
 from inflame.training.distributed import all_reduce_sum, barrier
 from inflame.training.progress import Reporter, make_reporter
 from inflame.training.seeding import epoch_seed
@@ -180,6 +181,7 @@ def fit(
     batches = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
     pin = device.type == "cuda"
     reporter.start(epochs, state.epoch, batches)
+    writer = CheckpointWriter()
     try:
         for epoch in range(state.epoch, epochs):
             if state.stopped_early:
@@ -253,17 +255,22 @@ def fit(
             state.scheduler = scheduler.state_dict() if scheduler is not None else None
             state.best_model = None if state.best_epoch == epoch + 1 else best_state
             state.history = history
-            if ctx.is_main:
-                save_checkpoint(ctx.checkpoint_dir, state, keep=keep_checkpoints)
-            barrier()  # no process runs ahead of the checkpoint
+            if ctx.is_main:  # copied now, written on a background thread
+                writer.submit(ctx.checkpoint_dir, state, keep=keep_checkpoints)
             reporter.epoch_end(epoch + 1, metrics)
             if state.stopped_early:
                 reporter.message(
                     f"early stopping: `{monitor}` did not improve for "
                     f"{early_stopping_patience} epochs; best epoch {state.best_epoch}"
                 )
+        writer.wait()  # the last checkpoint is on disk before fit returns
     finally:
         reporter.close()
+        try:
+            writer.wait()  # a failure still leaves the last checkpoint complete
+        except Exception as exc:  # the failure in flight is the error to report
+            print(f"warning: {exc}", file=sys.stderr)
+    barrier()  # no process returns before the last checkpoint is written
 
     model.load_state_dict(best_state)
     best = next((h for h in history if h["epoch"] == state.best_epoch), {})
