@@ -44,6 +44,33 @@ from inflame.spec import JobSpec, load_spec
 from inflame.targets.base import IMAGE_ENV, IMAGE_TORCH_ENV, JobPaths, same_torch
 
 EXTRA_INPUTS = ".extra_inputs.json"  # rank 0 of a multi-process run hands these to the parent
+# Manifest keys the launcher owns; an app's `ctx.record` may not overwrite them.
+_OWNED_KEYS = frozenset(
+    {
+        "format",
+        "job",
+        "created",
+        "command",
+        "spec",
+        "app",
+        "seed",
+        "hyperparameters",
+        "data",
+        "status",
+        "finished",
+        "environment",
+        "extra_inputs",
+        "outputs",
+        "weights_sha256",
+        "resumed",
+        "platform",
+        "image",
+        "pid",
+        "host",
+        "world_size",
+        "error",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -193,19 +220,27 @@ def _execute(
                 close_distributed()
     if not ctx.is_main:
         return TrainResult(run_dir=run_dir, manifest=manifest)
-    return _finish(run_dir, manifest, ctx.recorded_inputs)
+    return _finish(run_dir, manifest, handoff(ctx))
 
 
-def _finish(
-    run_dir: Path, manifest: dict[str, Any], recorded_inputs: dict[str, Any]
-) -> TrainResult:
+def handoff(ctx: Context) -> dict[str, Any]:
+    """What the app's process adds to the manifest: extra inputs and `ctx.record` values."""
+    return {"extra_inputs": ctx.recorded_inputs, "records": ctx.records}
+
+
+def _finish(run_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any]) -> TrainResult:
     """Hash every output into the manifest and mark the run completed."""
     outputs = hash_outputs(run_dir)
+    for key, value in recorded.get("records", {}).items():
+        if key in _OWNED_KEYS:
+            print(f"warning: ctx.record({key!r}) ignored: the launcher owns it", file=sys.stderr)
+        else:
+            manifest[key] = value
     manifest.update(
         status="completed",
         finished=utc_now(),
         environment=environment_info(),
-        extra_inputs=recorded_inputs,
+        extra_inputs=recorded.get("extra_inputs", {}),
         outputs=outputs,
         weights_sha256=outputs.get("weights.safetensors"),
     )
@@ -364,6 +399,7 @@ def run_in_job(
         run_dir=run_dir,
         bad_images=spec.job.bad_images,
         metrics=MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None),
+        performance=spec.compute.performance,
     )
     return _execute(app, ctx, run_dir, manifest, "the platform restarts it from there")
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from inflame.errors import InflameError, did_you_mean
 from inflame.hashing import sha256_file
+from inflame.performance import Performance
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -113,6 +114,8 @@ class Context:
     bad_images: str = "error"
     metrics: MetricsLog = field(default_factory=lambda: MetricsLog(None))
     recorded_inputs: dict[str, dict[str, str]] = field(default_factory=dict)
+    performance: Performance = field(default_factory=Performance)  # [compute] speed switches
+    records: dict[str, Any] = field(default_factory=dict)  # for the manifest (see `record`)
 
     @property
     def is_main(self) -> bool:
@@ -147,6 +150,10 @@ class Context:
         if path.is_absolute() or self.spec_dir is None:
             return path
         return (self.spec_dir / path).resolve()
+
+    def record(self, key: str, value: Any) -> None:
+        """Put a JSON value into the run's manifest (e.g. which fast paths ran)."""
+        self.records[key] = value
 
     def record_input(self, name: str, path: str | Path) -> str:
         """Hash an extra input (e.g. a local weights file) into the run's manifest."""
@@ -214,4 +221,5 @@ def local_context(
         run_dir=run_dir,
         bad_images=spec.job.bad_images,
         metrics=MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None),
+        performance=spec.compute.performance,
     )

@@ -18,11 +18,13 @@ from typing import Any
 
 from inflame import tomlfile
 from inflame.errors import SpecError, did_you_mean
+from inflame.performance import KEYS as PERFORMANCE_KEYS
+from inflame.performance import Performance, parse_performance
 from inflame.targets import PROVIDERS, data_schemes
 
 SECTIONS = ("job", "data", "hyperparameters", "compute", "targets")
 JOB_KEYS = ("name", "app", "seed", "description", "bad_images")
-COMPUTE_KEYS = ("gpus_per_node", "nodes", "spot", "max_runtime", "disk_gb")
+COMPUTE_KEYS = ("gpus_per_node", "nodes", "spot", "max_runtime", "disk_gb", *PERFORMANCE_KEYS)
 KNOWN_TARGETS = ("local", *PROVIDERS)
 BAD_IMAGE_POLICIES = ("error", "skip")
 
@@ -65,6 +67,7 @@ class ComputeSection:
     spot: bool = False
     max_runtime_s: int | None = None
     disk_gb: int | None = None
+    performance: Performance = field(default_factory=Performance)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class JobSpec:
             compute["max_runtime"] = f"{self.compute.max_runtime_s}s"
         if self.compute.disk_gb is not None:
             compute["disk_gb"] = self.compute.disk_gb
+        compute.update(self.compute.performance.changed())  # defaults left out
         out: dict[str, Any] = {
             "job": job,
             "data": {name: item.value for name, item in self.data.items()},
@@ -492,7 +496,10 @@ def validate_spec(
             raise check.fail(
                 ("compute", "disk_gb"), f"`compute.disk_gb` must be at least 1, got {disk_gb}."
             )
-    compute = ComputeSection(gpus, nodes, spot, max_runtime_s, disk_gb)
+    performance = parse_performance(
+        compute_raw, lambda key, message: check.fail(("compute", key), message)
+    )
+    compute = ComputeSection(gpus, nodes, spot, max_runtime_s, disk_gb, performance)
 
     # [targets.<name>]: the target adapters validate their own tables.
     targets: dict[str, dict[str, Any]] = {}

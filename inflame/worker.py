@@ -18,7 +18,7 @@ from inflame.errors import InflameError
 def main() -> None:
     run_dir, spec_dir = Path(sys.argv[1]), Path(sys.argv[2])
     from inflame.jobprep import prepare_job
-    from inflame.launcher import EXTRA_INPUTS
+    from inflame.launcher import EXTRA_INPUTS, handoff
     from inflame.runs import SPEC_FILE
     from inflame.runtime import local_context
     from inflame.training.distributed import close_distributed, init_distributed
@@ -32,8 +32,8 @@ def main() -> None:
         seed_everything(ctx.seed)  # the same initial weights in every process
         try:
             job.app.train(ctx)
-            if ctx.is_main and ctx.recorded_inputs:  # for the parent's manifest
-                (run_dir / EXTRA_INPUTS).write_text(json.dumps(ctx.recorded_inputs))
+            if ctx.is_main:  # for the parent's manifest
+                (run_dir / EXTRA_INPUTS).write_text(json.dumps(handoff(ctx)))
         finally:
             close_distributed()
     except InflameError as exc:

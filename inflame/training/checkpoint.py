@@ -36,6 +36,7 @@ class TrainingState:
     best_model: dict[str, torch.Tensor] | None = None  # None: best is this epoch's model
     bad_epochs: int = 0
     stopped_early: bool = False
+    scaler: dict[str, Any] | None = None  # the fp16 gradient scaler's state
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -90,6 +91,7 @@ def snapshot(state: TrainingState) -> tuple[dict[str, torch.Tensor], dict[str, A
         "history": state.history,
         "scheduler": state.scheduler,
         "has_best_model": state.best_model is not None,
+        "scaler": state.scaler,
     }
     if state.best_model is not None:
         tensors.update({f"best.{k}": v for k, v in state.best_model.items()})
@@ -204,6 +206,7 @@ def load_checkpoint(path: Path) -> TrainingState:
         bad_epochs=meta["bad_epochs"],
         stopped_early=meta["stopped_early"],
         history=meta["history"],
+        scaler=meta.get("scaler"),
     )
 
 

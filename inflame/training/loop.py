@@ -9,10 +9,11 @@ resumed with `--resume` ends with the same weights as one that never stopped.
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +24,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from inflame.errors import InflameError
+from inflame.performance import Performance
 from inflame.runtime import Context
+from inflame.training import fastpath
 from inflame.training.checkpoint import CheckpointWriter, TrainingState, latest_checkpoint
 from inflame.training.distributed import all_reduce_sum, barrier
+from inflame.training.loading import EpochOrder, auto_workers, make_loader
 from inflame.training.progress import Reporter, make_reporter
 from inflame.training.seeding import epoch_seed
 
@@ -65,41 +69,12 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _count_correct(outputs: torch.Tensor, targets: torch.Tensor) -> int:
-    if outputs.ndim == 2 and not torch.is_floating_point(targets):
-        return int((outputs.argmax(dim=1) == targets).sum().item())
-    return 0
-
-
-def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
-    """Seed this epoch's augmentation (per process) and return the shuffling generator."""
-    s = epoch_seed(seed, epoch)
-    augment = (s + rank * 104_729) % (2**63)  # each process augments differently
+def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed this epoch's training-process randomness (dropout, say), per process."""
+    augment = (epoch_seed(seed, epoch) + rank * 104_729) % (2**63)
     random.seed(augment)
     np.random.seed(augment % (2**32))
     torch.manual_seed(augment)
-    generator = torch.Generator()
-    generator.manual_seed(s)
-    return generator
-
-
-def _order(
-    dataset: Dataset, ctx: Context, epoch: int, generator: torch.Generator | None, *, shuffle: bool
-) -> dict[str, Any]:
-    """DataLoader arguments for the sample order: a seeded shuffle, or with several processes
-    a DistributedSampler whose shards depend only on (seed, epoch)."""
-    if ctx.world_size <= 1:
-        return {"shuffle": shuffle, "generator": generator}
-    from torch.utils.data.distributed import DistributedSampler
-
-    sampler = DistributedSampler(
-        dataset,
-        num_replicas=ctx.world_size,
-        rank=ctx.rank,
-        shuffle=shuffle,
-        seed=epoch_seed(ctx.seed, epoch),
-    )
-    return {"sampler": sampler}
 
 
 def _is_better(score: float, best: float | None, minimize: bool) -> bool:
@@ -121,21 +96,25 @@ def fit(
     scheduler: Any | None = None,
     early_stopping_patience: int | None = None,
     monitor: str = "val_loss",
-    num_workers: int = 0,
+    num_workers: int | None = None,
     keep_checkpoints: int = 2,
     reporter: Reporter | None = None,
 ) -> FitResult:
     """Train `model` for up to `epochs`, resuming from `ctx.checkpoint_dir` if it holds a
     checkpoint. Returns the model with its best weights (lowest `val_loss` by default;
-    `monitor="val_accuracy"` picks the highest accuracy)."""
+    `monitor="val_accuracy"` picks the highest accuracy).
+
+    The [compute] speed switches (`ctx.performance`) decide precision, memory format and
+    determinism; `num_workers=None` picks the DataLoader workers from the CPU count."""
     if epochs < 1:
         raise InflameError(f"epochs must be at least 1, got {epochs}.")
     if len(train_data) == 0:  # type: ignore[arg-type]
         raise InflameError("The training set is empty: nothing to train on.")
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     minimize = "loss" in monitor
-    device = ctx.device
-    model.to(device)
+    fast = fastpath.resolve(ctx.performance, ctx.device, model)
+    fastpath.apply(fast)
+    fastpath.prepare_model(model, fast)
     reporter = reporter or make_reporter(enabled=ctx.is_main)
 
     distributed = ctx.world_size > 1
@@ -145,6 +124,7 @@ def fit(
             "group; launch it with `inflame train --nproc-per-node N`."
         )
 
+    scaler = fast.scaler()
     state = latest_checkpoint(ctx.checkpoint_dir)
     if state is not None:
         model.load_state_dict(state.model)
@@ -152,6 +132,8 @@ def fit(
             optimizer.load_state_dict(state.optimizer)
         if scheduler is not None and state.scheduler is not None:
             scheduler.load_state_dict(state.scheduler)
+        if state.scaler:
+            scaler.load_state_dict(state.scaler)
         best_state = state.best_model if state.best_model is not None else _state_copy(model)
         done = state.epoch
         ctx.metrics.truncate(lambda r: r.get("epoch", 0) <= done)
@@ -171,57 +153,52 @@ def fit(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[fast.device.index] if fast.device.type == "cuda" else None
         )
+    net = fastpath.maybe_compile(net, fast)
 
     n_train = len(train_data)  # type: ignore[arg-type]
     if distributed:  # each process sees its shard (padded to equal sizes)
         n_train = math.ceil(n_train / ctx.world_size)
     drop_last = n_train > batch_size and n_train % batch_size == 1  # BatchNorm needs >1
     batches = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
-    pin = device.type == "cuda"
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    workers = num_workers if num_workers is not None else auto_workers(fast.device, local_processes)
+    pin = fast.device.type == "cuda"
+    world = {"rank": ctx.rank, "world": ctx.world_size}
+    train_order = EpochOrder(len(train_data), ctx.seed, shuffle=True, **world)  # type: ignore[arg-type]
+    train_loader = make_loader(
+        train_data,
+        train_order,
+        batch_size=batch_size,
+        workers=workers,
+        pin_memory=pin,
+        drop_last=drop_last,
+    )
+    val_loader = None
+    if val_data is not None and len(val_data) > 0:  # type: ignore[arg-type]
+        val_order = EpochOrder(len(val_data), ctx.seed, shuffle=False, **world)  # type: ignore[arg-type]
+        val_loader = make_loader(
+            val_data, val_order, batch_size=batch_size, workers=workers, pin_memory=pin
+        )
+    ctx.record("performance", {**fast.record(), "data_workers": workers})
+    step = _Stepper(net, loss_fn, fast, reporter)
     reporter.start(epochs, state.epoch, batches)
     writer = CheckpointWriter()
     try:
         for epoch in range(state.epoch, epochs):
             if state.stopped_early:
                 break
-            generator = _seed_epoch(ctx.seed, epoch, ctx.rank)
-            loader = DataLoader(
-                train_data,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                drop_last=drop_last,
-                pin_memory=pin,
-                **_order(train_data, ctx, epoch, generator, shuffle=True),
-            )
-            train_stats = _run_epoch(
-                net, loader, loss_fn, optimizer, device, reporter, "train", batches, epoch
-            )
+            _seed_epoch(ctx.seed, epoch, ctx.rank)
+            train_order.set_epoch(epoch)
+            train_stats = step.epoch(train_loader, optimizer, scaler, "train", batches, epoch)
             metrics: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "train_loss": train_stats.loss,
                 "train_accuracy": train_stats.accuracy,
             }
-            if val_data is not None and len(val_data) > 0:  # type: ignore[arg-type]
-                val_loader = DataLoader(
-                    val_data,
-                    batch_size=batch_size,
-                    num_workers=num_workers,
-                    pin_memory=pin,
-                    **_order(val_data, ctx, epoch, None, shuffle=False),
-                )
-                val_stats = _run_epoch(
-                    net,
-                    val_loader,
-                    loss_fn,
-                    None,
-                    device,
-                    reporter,
-                    "val",
-                    len(val_loader),
-                    epoch,
-                )
+            if val_loader is not None:
+                val_stats = step.epoch(val_loader, None, None, "val", len(val_loader), epoch)
                 metrics["val_loss"] = val_stats.loss
                 metrics["val_accuracy"] = val_stats.accuracy
             metrics["learning_rate"] = optimizer.param_groups[0]["lr"]
@@ -253,6 +230,7 @@ def fit(
             state.model = model.state_dict()
             state.optimizer = optimizer.state_dict()
             state.scheduler = scheduler.state_dict() if scheduler is not None else None
+            state.scaler = scaler.state_dict() if scaler.is_enabled() else None
             state.best_model = None if state.best_epoch == epoch + 1 else best_state
             state.history = history
             if ctx.is_main:  # copied now, written on a background thread
@@ -284,49 +262,96 @@ def fit(
     )
 
 
-def _run_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    optimizer: torch.optim.Optimizer | None,
-    device: torch.device,
-    reporter: Reporter,
-    phase: str,
-    batches: int,
-    epoch: int,
-    reduce: bool = True,
-) -> _EpochStats:
-    training = optimizer is not None
-    model.train(training)
-    stats = _EpochStats()
-    reporter.phase(phase, batches)
-    start = time.perf_counter()
-    with torch.set_grad_enabled(training):
-        for step, (inputs, targets) in enumerate(loader):
-            inputs = inputs.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            outputs = model(inputs)
-            loss = loss_fn(outputs, targets)
-            if not torch.isfinite(loss):
-                raise InflameError(
-                    f"The {phase} loss became {loss.item()} at epoch {epoch + 1}, batch "
-                    f"{step + 1}. Lower `learning_rate` (or check the data) and train again."
-                )
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            n = targets.shape[0]
-            correct = _count_correct(outputs.detach(), targets)
-            stats.add(loss.item(), correct, n)
-            reporter.batch(n, stats.loss, stats.accuracy)
-    stats.seconds = time.perf_counter() - start
-    if reduce:  # every process gets the totals over all shards
-        stats.loss_sum, correct, seen = all_reduce_sum(
-            [stats.loss_sum, float(stats.correct), float(stats.seen)], device
+def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | int:
+    """Correct predictions in a batch, as a tensor on the device (no synchronisation)."""
+    if outputs.ndim == 2 and not torch.is_floating_point(targets):
+        return (outputs.argmax(dim=1) == targets).sum()
+    return 0
+
+
+class _Stepper:
+    """Runs epochs of forward (and backward) passes with the fast path's precision and
+    memory format. Running totals stay on the device; on a GPU they are read back every
+    `SYNC_EVERY` batches only, so the CPU can queue work ahead of the GPU."""
+
+    SYNC_EVERY = 25
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        fast: fastpath.FastPath,
+        reporter: Reporter,
+    ):
+        self.net, self.loss_fn, self.fast, self.reporter = net, loss_fn, fast, reporter
+        self.sync_every = 1 if fast.device.type == "cpu" else self.SYNC_EVERY
+
+    def epoch(
+        self,
+        loader: Iterable[Any],
+        optimizer: torch.optim.Optimizer | None,
+        scaler: torch.amp.GradScaler | None,
+        phase: str,
+        batches: int,
+        epoch: int,
+        *,
+        reduce: bool = True,
+    ) -> _EpochStats:
+        training = optimizer is not None
+        device = self.fast.device
+        self.net.train(training)
+        self.reporter.phase(phase, batches)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = checked = done = 0
+        shown = (0.0, 0.0)
+        start = time.perf_counter()
+        with torch.set_grad_enabled(training):
+            for step, (inputs, targets) in enumerate(loader):
+                inputs = self.fast.to_device(inputs)
+                targets = targets.to(device, non_blocking=True)
+                with self.fast.autocast():
+                    outputs = self.net(inputs)
+                    loss = self.loss_fn(outputs, targets)
+                if self.sync_every == 1 and not torch.isfinite(loss):
+                    self._diverged(phase, epoch, f"batch {step + 1}", loss.item())
+                if training:
+                    optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+                    if scaler is not None and scaler.is_enabled():
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)  # type: ignore[arg-type]
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()  # type: ignore[union-attr]
+                n = targets.shape[0]
+                loss_sum += loss.detach().double() * n
+                correct += _correct(outputs.detach(), targets)
+                seen, done = seen + n, step + 1
+                if done % self.sync_every == 0:
+                    total = loss_sum.item()
+                    if not math.isfinite(total):
+                        self._diverged(phase, epoch, f"batches {checked + 1}-{done}", total)
+                    checked = done
+                    shown = (total / seen, int(correct.item()) / seen)
+                self.reporter.batch(n, *shown)
+        stats = _EpochStats(float(loss_sum.item()), int(correct.item()), seen)
+        if not math.isfinite(stats.loss_sum):
+            self._diverged(phase, epoch, f"batches {checked + 1}-{done}", stats.loss)
+        stats.seconds = time.perf_counter() - start
+        if reduce:  # every process gets the totals over all shards
+            stats.loss_sum, n_correct, n_seen = all_reduce_sum(
+                [stats.loss_sum, float(stats.correct), float(stats.seen)], device
+            )
+            stats.correct, stats.seen = int(n_correct), int(n_seen)
+        return stats
+
+    @staticmethod
+    def _diverged(phase: str, epoch: int, where: str, value: float) -> None:
+        raise InflameError(
+            f"The {phase} loss became {value} at epoch {epoch + 1}, {where}. Lower "
+            "`learning_rate` (or check the data) and train again."
         )
-        stats.correct, stats.seen = int(correct), int(seen)
-    return stats
 
 
 def evaluate(
@@ -337,22 +362,21 @@ def evaluate(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | None = None,
     num_workers: int = 0,
+    performance: Performance | None = None,
 ) -> dict[str, float]:
     """Loss and accuracy of `model` on `dataset` (e.g. a held-out test set)."""
     from inflame.training.progress import SilentReporter
 
     device = device or next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    stats = _run_epoch(
-        model,
-        loader,
-        loss_fn or nn.CrossEntropyLoss(),
-        None,
-        device,
-        SilentReporter(),
-        "test",
-        len(loader),
-        0,
-        reduce=False,  # evaluate() may run on one process only
+    fast = fastpath.resolve(performance or Performance(), device, model)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
     )
+    stepper = _Stepper(model, loss_fn or nn.CrossEntropyLoss(), fast, SilentReporter())
+    # evaluate() may run on one process only: no reduction over processes
+    stats = stepper.epoch(loader, None, None, "test", len(loader), 0, reduce=False)
     return {"loss": stats.loss, "accuracy": stats.accuracy}

@@ -16,6 +16,11 @@ def _at_least_16(value: int) -> None:
         raise ValueError(f"must be at least 16, got {value}")
 
 
+def _workers(value: int | str) -> None:
+    if value != "auto" and (isinstance(value, str) or value < 0):
+        raise ValueError(f'must be "auto" or a number of processes (0 or more), got {value!r}')
+
+
 HPARAMS = (
     HParam(
         "architecture",
@@ -55,10 +60,10 @@ HPARAMS = (
     ),
     HParam(
         "num_workers",
-        int,
-        2,
-        "Data-loading worker processes (0: load in the main one).",
-        check=non_negative,
+        (int, str),
+        "auto",
+        'Data-loading worker processes (0: load in the main one; "auto": from the CPU count).',
+        check=_workers,
     ),
 )
 
@@ -125,12 +130,14 @@ def train(ctx: Context) -> None:
         optimizer=optimizer,
         scheduler=scheduler,
         early_stopping_patience=hp["early_stopping_patience"] or None,
-        num_workers=hp["num_workers"],
+        num_workers=None if hp["num_workers"] == "auto" else hp["num_workers"],
     )
 
     test_set = held_out("test")
     if test_set is not None:
-        scores = evaluate(result.model, test_set, batch_size=hp["batch_size"])
+        scores = evaluate(
+            result.model, test_set, batch_size=hp["batch_size"], performance=ctx.performance
+        )
         ctx.log_metrics({"test_loss": scores["loss"], "test_accuracy": scores["accuracy"]})
     if ctx.is_main:
         save_classifier(

@@ -1,0 +1,63 @@
+"""Speed switches under [compute]: mixed precision, channels_last, TF32, torch.compile,
+determinism. "auto" picks what helps on the device the job runs on (see
+`inflame.training.fastpath`); every switch can be forced either way.
+
+No torch here: the spec parser validates these without importing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+AUTO = "auto"
+PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Performance:
+    """[compute] speed switches as written ("auto", or a forced value)."""
+
+    precision: str = AUTO  # auto: bf16 on GPUs that have it, else fp16 with a scaler; CPU fp32
+    channels_last: bool | str = AUTO  # auto: on for models with 2-D convolutions
+    tf32: bool = True  # TF32 matmuls and convolutions on Ampere and newer GPUs
+    compile: bool = False  # torch.compile the model (opt-in: compile time is paid per run)
+    deterministic: bool | str = AUTO  # auto: on for CPU (bit-identical reruns), off on GPU
+
+    def changed(self) -> dict[str, Any]:
+        """The switches that differ from their defaults (what a stored spec keeps)."""
+        default = Performance()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+
+KEYS = tuple(f.name for f in fields(Performance))
+_HELP = {
+    "precision": f"one of {', '.join(repr(p) for p in PRECISIONS)}",
+    "channels_last": 'true, false or "auto"',
+    "tf32": "true or false",
+    "compile": "true or false",
+    "deterministic": 'true, false or "auto"',
+}
+
+
+def parse_performance(raw: Mapping[str, Any], fail: Callable[[str, str], Exception]) -> Performance:
+    """The switches in a [compute] table; `fail(key, message)` builds the spec error."""
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        if key not in raw:
+            continue
+        value = raw[key]
+        ok = {
+            "precision": isinstance(value, str) and value in PRECISIONS,
+            "channels_last": isinstance(value, bool) or value == AUTO,
+            "deterministic": isinstance(value, bool) or value == AUTO,
+        }.get(key, isinstance(value, bool))
+        if not ok:
+            raise fail(key, f"`compute.{key}` must be {_HELP[key]}, got {value!r}.")
+        values[key] = value
+    return Performance(**values)

@@ -1,0 +1,136 @@
+"""Data loaders that are fast and still replay exactly.
+
+One DataLoader per fit, with persistent workers and prefetching. The sample order of an
+epoch depends only on (seed, epoch), and each sample's random augmentation only on
+(seed, epoch, index): the same batches whatever the number of workers, whether a run
+resumed, and (up to the padding of the last shard) how many processes share the data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from inflame.training.seeding import epoch_seed
+
+MAX_AUTO_WORKERS = 8
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset and cgroup CPU sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(device: torch.device, local_processes: int = 1) -> int:
+    """DataLoader workers per training process, from the CPUs each process has.
+
+    With a GPU, the CPUs feed it: all but one per process (up to 8). On a CPU the
+    model needs the cores itself: small machines load in the training process, larger
+    ones give a quarter of their cores to loading.
+    """
+    cpus = max(1, available_cpus() // max(1, local_processes))
+    if device.type == "cuda":
+        return max(1, min(MAX_AUTO_WORKERS, cpus - 1))
+    return 0 if cpus <= 4 else min(MAX_AUTO_WORKERS, cpus // 4)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (epoch_seed(seed, epoch) * 1_000_033 + index * 2_654_435_761) % (2**63)
+
+
+class EpochOrder(Sampler):
+    """Yields (epoch, index) keys: a shuffle seeded by (seed, epoch), sharded over processes
+    the way DistributedSampler does (padded to equal shards). Call `set_epoch` first."""
+
+    def __init__(self, size: int, seed: int, *, shuffle: bool, rank: int = 0, world: int = 1):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world) if self.world > 1 else self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        if self.world > 1:
+            total = len(self) * self.world
+            while len(order) < total:
+                order += order[: total - len(order)]
+            order = order[self.rank : total : self.world]
+        return iter([(self.epoch, index) for index in order])
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that sample `index` of `epoch` draws its augmentation from
+    its own seed. In the training process the global random state is restored after
+    each sample, so loading does not change what dropout (say) draws."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if get_worker_info() is not None:  # a worker process: its state is its own
+            _seed_all(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+        saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+        try:
+            _seed_all(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.random.set_rng_state(saved[2])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.random.default_generator.manual_seed(seed)
+
+
+def make_loader(
+    dataset: Dataset,
+    order: EpochOrder,
+    *,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader over `SeededSamples(dataset)` in `order`, workers kept across epochs."""
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = {"persistent_workers": True, "prefetch_factor": 4}
+    return DataLoader(
+        SeededSamples(dataset, order.seed),
+        batch_size=batch_size,
+        sampler=order,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        # the loader draws its workers' base seed from this, not from the global stream
+        # (which dropout uses); samples are seeded by SeededSamples anyway
+        generator=torch.Generator().manual_seed(order.seed),
+        **extra,
+    )

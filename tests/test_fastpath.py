@@ -1,0 +1,167 @@
+"""The [compute] speed switches: parsed from the spec, resolved per device, applied by fit,
+recorded in the manifest; and data loading that replays exactly with any worker count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from inflame.errors import SpecError
+from inflame.performance import Performance
+from inflame.spec import load_spec
+from inflame.training import fastpath, fit, seed_everything
+from inflame.training.loading import EpochOrder, SeededSamples
+from tests.test_training import make_ctx
+
+
+class NoisyImages(Dataset):
+    """Images whose every read draws fresh random noise (like random augmentation)."""
+
+    def __init__(self, n: int = 40):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, 8, 8, generator=g)
+        self.y = torch.randint(0, 3, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        flip = torch.rand(()) < 0.5
+        x = self.x[i].flip(-1) if flip else self.x[i]
+        return x + 0.1 * torch.randn_like(x), self.y[i]
+
+
+def conv_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+
+
+def train(tmp_path: Path, workers: int, performance: Performance | None = None, epochs: int = 2):
+    seed_everything(0)
+    model = conv_net()
+    ctx = make_ctx(tmp_path)
+    if performance is not None:
+        ctx.performance = performance
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    result = fit(
+        ctx,
+        model,
+        NoisyImages(),
+        NoisyImages(12),
+        epochs=epochs,
+        batch_size=8,
+        optimizer=optimizer,
+        num_workers=workers,
+    )
+    return result, ctx
+
+
+def test_results_do_not_depend_on_the_worker_count(tmp_path: Path):
+    """Each sample's augmentation comes from (seed, epoch, index), and loading in the
+    training process leaves dropout's random stream alone."""
+    in_process, _ = train(tmp_path / "w0", workers=0)
+    with_workers, _ = train(tmp_path / "w2", workers=2)
+    for a, b in zip(
+        in_process.model.state_dict().values(), with_workers.model.state_dict().values()
+    ):
+        assert torch.equal(a, b)
+    assert in_process.history[-1]["train_loss"] == with_workers.history[-1]["train_loss"]
+
+
+def test_each_epoch_draws_new_augmentations_and_a_new_order():
+    samples = SeededSamples(NoisyImages(4), seed=1)
+    assert torch.equal(samples[(0, 2)][0], samples[(0, 2)][0])  # replayable
+    assert not torch.equal(samples[(0, 2)][0], samples[(1, 2)][0])  # a new epoch, new noise
+    order = EpochOrder(10, seed=1, shuffle=True)
+    first = list(order)
+    order.set_epoch(1)
+    second = list(order)
+    assert sorted(i for _, i in first) == list(range(10)) == sorted(i for _, i in second)
+    assert [i for _, i in first] != [i for _, i in second]
+
+
+def test_shards_cover_the_data_padded_to_equal_sizes():
+    shards = [list(EpochOrder(10, seed=1, shuffle=True, rank=r, world=4)) for r in range(4)]
+    assert {len(s) for s in shards} == {3}
+    seen = [i for shard in shards for _, i in shard]
+    assert set(seen) == set(range(10)) and len(seen) == 12
+
+
+def test_fit_records_the_modes_it_ran_with(tmp_path: Path):
+    _, ctx = train(tmp_path, workers=0, epochs=1)
+    record = ctx.records["performance"]
+    assert record["device"] == "cpu" and record["precision"] == "fp32"
+    assert record["channels_last"] is True  # a conv net
+    assert record["deterministic"] is True and record["data_workers"] == 0
+    assert record["torch_threads"] == torch.get_num_threads()
+
+
+def test_channels_last_is_applied_to_conv_nets_only():
+    cpu = torch.device("cpu")
+    conv = fastpath.prepare_model(conv_net(), fastpath.resolve(Performance(), cpu, conv_net()))
+    assert conv[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv[0].weight.is_contiguous()
+    mlp = nn.Sequential(nn.Linear(4, 4))
+    assert fastpath.resolve(Performance(), cpu, mlp).channels_last is False
+    forced_off = fastpath.resolve(Performance(channels_last=False), cpu, conv_net())
+    assert forced_off.channels_last is False
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes(tmp_path: Path, precision: str):
+    settings = Performance(precision=precision)
+    result, ctx = train(tmp_path, workers=0, performance=settings, epochs=2)
+    assert ctx.records["performance"]["precision"] == precision
+    assert all(torch.isfinite(v).all() for v in result.model.state_dict().values())
+    assert result.history[-1]["train_loss"] < 5
+    fast = fastpath.resolve(settings, torch.device("cpu"), conv_net())
+    assert fast.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert fast.scaler().is_enabled() is (precision == "fp16")
+    again, _ = train(tmp_path, workers=0, performance=settings, epochs=3)  # resumes
+    assert [h["epoch"] for h in again.history] == [1, 2, 3]
+
+
+def test_auto_is_fp32_and_deterministic_on_cpu():
+    fast = fastpath.resolve(Performance(), torch.device("cpu"), conv_net())
+    assert (fast.precision, fast.deterministic, fast.tf32, fast.compile) == (
+        "fp32",
+        True,
+        False,
+        False,
+    )
+
+
+def test_spec_switches_are_checked_and_stored_only_when_set(tmp_path: Path, write_spec):
+    plain = load_spec(write_spec())
+    assert plain.compute.performance == Performance()
+    assert "precision" not in plain.to_dict()["compute"]  # old specs keep their hash
+    forced = load_spec(write_spec("f.toml", compute={"precision": "bf16", "compile": True}))
+    assert forced.compute.performance.precision == "bf16"
+    assert forced.to_dict()["compute"]["compile"] is True
+    with pytest.raises(SpecError) as bad:
+        load_spec(write_spec("b.toml", compute={"precision": "fp8"}))
+    assert "compute.precision" in str(bad.value) and "b.toml" in str(bad.value)
+    with pytest.raises(SpecError, match="channels_last"):
+        load_spec(write_spec("c.toml", compute={"channels_last": "yes"}))
+
+
+def test_the_manifest_says_which_fast_paths_ran(tmp_path: Path, write_spec, monkeypatch):
+    from inflame.launcher import train_local
+
+    spec = write_spec(hyperparameters={"epochs": 1})
+    result = train_local(spec, ['compute.precision="bf16"'], runs_root=tmp_path / "runs")
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["performance"]["precision"] == "bf16"
+    assert manifest["performance"]["device"] == "cpu"
