@@ -74,7 +74,9 @@ def test_results_do_not_depend_on_the_worker_count(tmp_path: Path):
     in_process, _ = train(tmp_path / "w0", workers=0)
     with_workers, _ = train(tmp_path / "w2", workers=2)
     for a, b in zip(
-        in_process.model.state_dict().values(), with_workers.model.state_dict().values()
+        in_process.model.state_dict().values(),
+        with_workers.model.state_dict().values(),
+        strict=True,
     ):
         assert torch.equal(a, b)
     assert in_process.history[-1]["train_loss"] == with_workers.history[-1]["train_loss"]
