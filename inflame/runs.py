@@ -21,6 +21,7 @@ from typing import Any
 
 from inflame import __version__
 from inflame.errors import RunError
+from inflame.fingerprint import FingerprintCache
 from inflame.hashing import tree_digest, tree_hashes
 from inflame.runtime import MetricsLog
 
@@ -96,10 +97,12 @@ def environment_info() -> dict[str, Any]:
 
 
 def hash_data_inputs(paths: Mapping[str, Path]) -> dict[str, Any]:
-    """Per input: the sha256 of every file and one fingerprint; plus one for all inputs."""
+    """Per input: the sha256 of every file and one fingerprint; plus one for all inputs.
+    Files unchanged since this machine last hashed them come from its fingerprint cache."""
+    cache = FingerprintCache.default()
     inputs: dict[str, Any] = {}
     for name, path in paths.items():
-        files = tree_hashes(path)
+        files = tree_hashes(path, cache=cache)
         inputs[name] = {
             "path": str(path),
             "file_count": len(files),
