@@ -51,26 +51,31 @@ class CacheUsage:
     bytes: int
 
 
-def _size(path: Path) -> tuple[int, int]:
-    entries = total = 0
+_ENTRY_FILES = {"decoded": "*.u8", "features": "*.safetensors"}
+
+
+def _bytes(path: Path) -> int:
     if not path.is_dir():
-        return 0, 0
-    for child in path.iterdir():
-        entries += 1
-        if child.is_dir():
-            total += sum(f.stat().st_size for f in child.rglob("*") if f.is_file())
-        elif child.is_file():
-            total += child.stat().st_size
-    return entries, total
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _entries(kind: str, path: Path) -> int:
+    if not path.is_dir():
+        return 0
+    if kind == "fingerprints":  # files known, in its SQLite database
+        from inflame.fingerprint import FingerprintCache
+
+        return FingerprintCache(path).count()
+    return sum(1 for _ in path.glob(_ENTRY_FILES[kind]))
 
 
 def usage(env: Mapping[str, str] | None = None) -> list[CacheUsage]:
-    """Entries and bytes per kind of cache."""
+    """Entries (files fingerprinted, data sets decoded, feature sets) and bytes per kind."""
     rows = []
     for kind in KINDS:
         path = cache_dir(kind, env)
-        entries, total = _size(path)
-        rows.append(CacheUsage(kind, path, entries, total))
+        rows.append(CacheUsage(kind, path, _entries(kind, path), _bytes(path)))
     return rows
 
 
@@ -79,6 +84,6 @@ def clear(kinds: list[str] | None = None, env: Mapping[str, str] | None = None) 
     freed = 0
     for kind in kinds or list(KINDS):
         path = cache_dir(kind, env)
-        freed += _size(path)[1]
+        freed += _bytes(path)
         shutil.rmtree(path, ignore_errors=True)
     return freed

@@ -27,6 +27,11 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="List local runs, or show one.", no_args_is_help=False)
 app.add_typer(runs_app, name="runs")
+cache_app = typer.Typer(
+    help="The local cache: file fingerprints, decoded images, frozen-backbone features.",
+    no_args_is_help=True,
+)
+app.add_typer(cache_app, name="cache")
 
 RunsDir = Annotated[
     Path | None,
@@ -247,6 +252,54 @@ def runs_list(
             (s.weights_sha256 or "-")[:12],
         )
     Console().print(table)
+
+
+@cache_app.command("ls")
+def cache_ls(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Show what the cache holds, per kind, and where."""
+    from inflame.cache import KINDS, cache_root, usage
+
+    rows = usage()
+    if as_json:
+        for row in rows:
+            print(
+                json.dumps(
+                    {
+                        "kind": row.kind,
+                        "path": str(row.path),
+                        "entries": row.entries,
+                        "bytes": row.bytes,
+                    }
+                )
+            )
+        return
+    print(f"cache: {cache_root()}  (INFLAME_CACHE_DIR moves it; INFLAME_NO_CACHE=1 turns it off)")
+    for row in rows:
+        print(
+            f"  {row.kind:<13} {row.entries:>9,} entries {row.bytes / 1024**2:>10.1f} MiB   "
+            f"{KINDS[row.kind]}"
+        )
+
+
+@cache_app.command("clear")
+def cache_clear(
+    kinds: Annotated[
+        list[str] | None,
+        typer.Argument(help="fingerprints, decoded and/or features (default: all)."),
+    ] = None,
+) -> None:
+    """Delete cached work (it is redone when needed)."""
+    from inflame.cache import KINDS, clear
+
+    unknown = [k for k in kinds or [] if k not in KINDS]
+    if unknown:
+        raise InflameError(
+            f"Unknown cache kind(s): {', '.join(unknown)}. Kinds: {', '.join(KINDS)}."
+        )
+    freed = clear(kinds or None)
+    print(f"freed {freed / 1024**2:.1f} MiB")
 
 
 @runs_app.command("show")

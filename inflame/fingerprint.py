@@ -146,6 +146,16 @@ class FingerprintCache:
             return {}
         return {os.fsdecode(row[0]): row[1:] for row in rows}
 
+    def count(self) -> int:
+        """Files known to the cache (0 if it is missing or unreadable)."""
+        if not self.path.is_file():
+            return 0
+        try:
+            with self._connect() as db:
+                return int(db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+        except (sqlite3.Error, OSError):
+            return 0
+
     def store(self, rows: Mapping[str, Row], stale: Iterable[str] = ()) -> None:
         """Record rows by path and forget stale paths, in one transaction. Never raises."""
         insert = f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inflame.data.images import MAX_PIXELS, UnreadableImage, is_image_file, open_image
+from inflame.data.images import MAX_PIXELS, UnreadableImage, is_image_file
 from inflame.errors import InflameError
 
 
@@ -45,6 +45,7 @@ class Predictor:
         self.classes: list[str] = self.meta["classes"]
         prep = self.meta["preprocessing"]
         self.transform = eval_transform(prep["image_size"], prep["mean"], prep["std"])
+        self.side = int(prep["resize"])
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
 
@@ -72,6 +73,8 @@ class Predictor:
     ) -> Iterator[dict[str, Any]]:
         import torch
 
+        from inflame.data.decoded import decode_image
+
         tensors: list[Any] = []
         results: list[dict[str, Any]] = []
         for item in items:
@@ -79,7 +82,8 @@ class Predictor:
                 results.append({"image": str(item.path), "error": item.error})
                 continue
             try:
-                tensors.append(self.transform(open_image(item.path, max_pixels)))
+                pixels = decode_image(item.path, self.side, max_pixels)
+                tensors.append(self.transform(torch.from_numpy(pixels)))
                 results.append({"image": str(item.path)})
             except UnreadableImage as exc:
                 results.append({"image": str(item.path), "error": str(exc)})

@@ -117,17 +117,24 @@ def build_classifier(
     return model
 
 
+def decode_side(image_size: int) -> int:
+    """The side at which images are decoded and cached: room around the final crop."""
+    return round(image_size * 8 / 7)
+
+
 def train_transform(
     image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> Any:
-    from torchvision import transforms as T
+    """Random crop and flip of a decoded uint8 image (3, S, S), then float and normalise.
+    Use with `ImageFolderDataset(..., decode_size=decode_side(image_size))`."""
+    from torchvision.transforms import v2
 
-    return T.Compose(
+    return v2.Compose(
         [
-            T.RandomResizedCrop(image_size, scale=(0.7, 1.0), antialias=True),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(mean, std),
+            v2.RandomResizedCrop(image_size, scale=(0.7, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
         ]
     )
 
@@ -135,14 +142,14 @@ def train_transform(
 def eval_transform(
     image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> Any:
-    from torchvision import transforms as T
+    """Centre crop of a decoded uint8 image (3, S, S), then float and normalise."""
+    from torchvision.transforms import v2
 
-    return T.Compose(
+    return v2.Compose(
         [
-            T.Resize(round(image_size * 8 / 7), antialias=True),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Normalize(mean, std),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
         ]
     )
 
@@ -171,7 +178,8 @@ def save_classifier(
         "classes": list(classes),
         "preprocessing": {
             "image_size": image_size,
-            "resize": round(image_size * 8 / 7),
+            "resize": decode_side(image_size),
+            "decode": "shorter-side-then-centre-square",
             "mean": list(mean),
             "std": list(std),
         },

@@ -130,6 +130,13 @@ def drop_bad_images(
 ) -> tuple[list[Sample], list[tuple[Path, str]]]:
     """Check every image. policy "error": raise naming the bad files; "skip": drop them."""
     bad = find_bad_images([s.path for s in samples], max_pixels)
+    return apply_bad_image_policy(root, samples, bad, policy)
+
+
+def apply_bad_image_policy(
+    root: Path, samples: list[Sample], bad: list[tuple[Path, str]], policy: str
+) -> tuple[list[Sample], list[tuple[Path, str]]]:
+    """policy "error": raise naming the unreadable files; "skip": leave them out."""
     if not bad:
         return samples, []
     if policy != "skip":
@@ -140,5 +147,5 @@ def drop_bad_images(
             'or set `bad_images = "skip"` under [job] (or `--set job.bad_images=skip`) to '
             "train without them."
         )
-    bad_paths = {p for p, _ in bad}
+    bad_paths = {Path(p) for p, _ in bad}
     return [s for s in samples if s.path not in bad_paths], bad

@@ -84,19 +84,22 @@ class SeededSamples(Dataset):
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset, self.seed = dataset, seed
+        # a dataset with `takes_epoch = True` is given (epoch, index) keys itself
+        self.takes_epoch = bool(getattr(dataset, "takes_epoch", False))
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
+        inner = key if self.takes_epoch else index
         if get_worker_info() is not None:  # a worker process: its state is its own
             _seed_all(sample_seed(self.seed, epoch, index))
-            return self.dataset[index]
+            return self.dataset[inner]
         saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
         try:
             _seed_all(sample_seed(self.seed, epoch, index))
-            return self.dataset[index]
+            return self.dataset[inner]
         finally:
             random.setstate(saved[0])
             np.random.set_state(saved[1])

@@ -7,6 +7,8 @@ backbone with a fresh head on any number of classes. Run it with
 
 from __future__ import annotations
 
+from typing import Any
+
 from inflame import Context, HParam, run_app
 from inflame.hparams import non_negative, positive
 
@@ -37,6 +39,21 @@ HPARAMS = (
         "local weights file (.safetensors or a .pth state dict), relative to the spec.",
     ),
     HParam("freeze_backbone", bool, False, "Train only the new classification head."),
+    HParam(
+        "feature_cache",
+        bool,
+        True,
+        "With freeze_backbone: compute the frozen backbone's features once and train the "
+        "head on them (epochs then cost almost nothing).",
+    ),
+    HParam(
+        "feature_views",
+        int,
+        1,
+        "Feature cache: 1 caches the centre crop (no random augmentation); N caches N random "
+        "augmentations per image, and epoch e trains on view e mod N.",
+        check=positive,
+    ),
     HParam("epochs", int, 10, "Maximum number of epochs.", check=positive),
     HParam("batch_size", int, 32, "Images per batch.", check=positive),
     HParam("learning_rate", float, 0.01, "Initial learning rate.", check=positive),
@@ -73,12 +90,19 @@ def train(ctx: Context) -> None:
 
     from inflame.data.dataset import ImageFolderDataset
     from inflame.training import evaluate, fit
-    from inflame.vision import build_classifier, eval_transform, save_classifier, train_transform
+    from inflame.vision import (
+        build_classifier,
+        decode_side,
+        eval_transform,
+        save_classifier,
+        train_transform,
+    )
 
     hp = ctx.hparams
     size = hp["image_size"]
+    side = decode_side(size)  # images are decoded once at this size (the decode cache)
     train_set = ImageFolderDataset(
-        ctx.data["train"], train_transform(size), bad_images=ctx.bad_images
+        ctx.data["train"], train_transform(size), bad_images=ctx.bad_images, decode_size=side
     )
 
     def held_out(name: str) -> ImageFolderDataset | None:
@@ -90,6 +114,7 @@ def train(ctx: Context) -> None:
             eval_transform(size),
             classes=train_set.classes,
             bad_images=ctx.bad_images,
+            decode_size=side,
         )
 
     val_set = held_out("val")
@@ -120,33 +145,89 @@ def train(ctx: Context) -> None:
     if hp["lr_schedule"] == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp["epochs"])
 
+    workers = None if hp["num_workers"] == "auto" else hp["num_workers"]
+    net, train_data, val_data = model, train_set, val_set
+    if hp["freeze_backbone"] and hp["feature_cache"]:
+        net, train_data, val_data = _cached_features(ctx, model, train_set, val_set, workers)
+
     result = fit(
         ctx,
-        model,
-        train_set,
-        val_set,
+        net,
+        train_data,
+        val_data,
         epochs=hp["epochs"],
         batch_size=hp["batch_size"],
         optimizer=optimizer,
         scheduler=scheduler,
         early_stopping_patience=hp["early_stopping_patience"] or None,
-        num_workers=None if hp["num_workers"] == "auto" else hp["num_workers"],
+        num_workers=workers,
     )
+    if net is not model:  # the head trained on cached features goes back on its backbone
+        from inflame.training.features import set_head
+
+        set_head(model, result.model)
 
     test_set = held_out("test")
     if test_set is not None:
-        scores = evaluate(
-            result.model, test_set, batch_size=hp["batch_size"], performance=ctx.performance
-        )
+        scores = evaluate(model, test_set, batch_size=hp["batch_size"], performance=ctx.performance)
         ctx.log_metrics({"test_loss": scores["loss"], "test_accuracy": scores["accuracy"]})
     if ctx.is_main:
         save_classifier(
-            result.model,
+            model,
             ctx.output_dir,
             architecture=hp["architecture"],
             classes=train_set.classes,
             image_size=size,
         )
+
+
+def _cached_features(
+    ctx: Context, model: Any, train_set: Any, val_set: Any, workers: int | None
+) -> tuple[Any, Any, Any]:
+    """The head and its training data: the frozen backbone's features, computed once."""
+    import sys
+
+    from inflame.data.dataset import ImageFolderDataset
+    from inflame.training.features import cached_features, get_head
+    from inflame.vision import eval_transform
+
+    hp = ctx.hparams
+    size, views = hp["image_size"], hp["feature_views"]
+    if views == 1:  # centre crops: the same images as validation sees
+        source = ImageFolderDataset(
+            ctx.data["train"],
+            eval_transform(size),
+            bad_images=ctx.bad_images,
+            decode_size=train_set.decode_size,
+        )
+        if ctx.is_main:
+            print(
+                "note: freeze_backbone trains the head on cached features of centre crops, "
+                "without random augmentation (`feature_views = N` caches N augmented views; "
+                "`feature_cache = false` augments every epoch and recomputes the backbone)",
+                file=sys.stderr,
+            )
+    else:
+        source = train_set
+
+    def features(dataset: ImageFolderDataset, n_views: int, crops: str) -> Any:
+        key = None if dataset.content_key is None else {"data": dataset.content_key}
+        if key is not None:
+            key.update(crops=crops, size=size, architecture=hp["architecture"])
+        return cached_features(
+            model,
+            dataset,
+            key,
+            views=n_views,
+            seed=ctx.seed,
+            device=ctx.device,
+            batch_size=hp["batch_size"],
+            num_workers=workers or 0,
+        )
+
+    train_data = features(source, views, "centre" if views == 1 else "random")
+    val_data = features(val_set, 1, "centre") if val_set is not None else None
+    return get_head(model), train_data, val_data
 
 
 if __name__ == "__main__":

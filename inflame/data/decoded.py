@@ -1,0 +1,224 @@
+"""The decode cache: every image of a data set decoded once, resized to the training
+resolution and stored as uint8 in one memory-mapped file, reused by later epochs and
+later runs.
+
+An entry is keyed by the content (sha256) of every image, its label, and the decode
+settings, so changing a file or a setting makes a new entry. The stored step is the
+deterministic part of preprocessing (`decode_image`): the same function runs when the
+cache is off, so a cached run and an uncached one see the same pixels. Entries are
+written under a lock (one process decodes, the others wait and reuse), renamed into
+place when complete, and evicted oldest-first above `INFLAME_CACHE_MAX_GB`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inflame.cache import cache_dir, cache_enabled
+from inflame.data.images import Sample, UnreadableImage, open_image
+from inflame.hashing import sha256_file
+
+FORMAT = 1
+MAX_GB_ENV = "INFLAME_CACHE_MAX_GB"
+DEFAULT_MAX_GB = 50.0
+
+
+def decode_image(path: Path, side: int, max_pixels: int) -> np.ndarray:
+    """Open an image, resize its shorter side to `side` (PIL, antialiased bilinear) and
+    crop the centre square: uint8, shape (3, side, side)."""
+    from PIL import Image
+
+    image = open_image(path, max_pixels)
+    width, height = image.size
+    scale = side / min(width, height)
+    size = (max(side, round(width * scale)), max(side, round(height * scale)))
+    image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (size[0] - side) // 2, (size[1] - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def max_cache_bytes(env: dict[str, str] | None = None) -> int:
+    env = dict(os.environ) if env is None else env
+    try:
+        gigabytes = float(env.get(MAX_GB_ENV) or DEFAULT_MAX_GB)
+    except ValueError:
+        gigabytes = DEFAULT_MAX_GB
+    return int(gigabytes * 1024**3)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One complete cache entry: the array file and its metadata."""
+
+    array: Path
+    meta: dict[str, Any]
+
+    @property
+    def kept(self) -> list[int]:
+        """Indices (into the samples it was built from) of the images stored, in order."""
+        return self.meta["kept"]
+
+    @property
+    def bad(self) -> list[tuple[str, str]]:
+        return [tuple(item) for item in self.meta["bad"]]  # type: ignore[misc]
+
+    def open(self) -> np.memmap:
+        side = self.meta["side"]
+        return np.memmap(self.array, np.uint8, "r", shape=(len(self.kept), 3, side, side))
+
+
+def entry_key(
+    root: Path, samples: Sequence[Sample], digests: dict[str, str], side: int, max_pixels: int
+) -> str:
+    """sha256 over the decode settings and every sample's content and label."""
+    digest = hashlib.sha256(f"inflame.decoded/{FORMAT} side={side} max={max_pixels}\n".encode())
+    for sample in samples:
+        name = sample.path.relative_to(root).as_posix()
+        content = digests.get(name) or sha256_file(sample.path)
+        digest.update(f"{content}\t{sample.label}\n".encode())
+    return digest.hexdigest()
+
+
+def find_entry(key: str) -> Entry | None:
+    folder = cache_dir("decoded")
+    meta_path = folder / f"{key}.json"
+    array = folder / f"{key}.u8"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    side = meta.get("side", 0)
+    if meta.get("format") != FORMAT or not array.is_file():
+        return None
+    if array.stat().st_size != len(meta["kept"]) * 3 * side * side:
+        return None  # damaged: rebuilt
+    with contextlib.suppress(OSError):
+        os.utime(meta_path)  # last use, for eviction
+    return Entry(array, meta)
+
+
+@contextlib.contextmanager
+def _locked(key: str) -> Iterator[None]:
+    folder = cache_dir("decoded")
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{key}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _decode_all(
+    samples: Sequence[Sample], side: int, max_pixels: int
+) -> Iterator[tuple[int, np.ndarray | str]]:
+    """(index, pixels or the reason the image is unreadable), in order, on a few threads
+    (PIL releases the GIL while decoding and resizing)."""
+
+    def one(sample: Sample) -> np.ndarray | str:
+        try:
+            return decode_image(sample.path, side, max_pixels)
+        except UnreadableImage as exc:
+            return str(exc).removeprefix(f"{sample.path}: ")
+
+    workers = min(8, max(1, (os.cpu_count() or 1)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from enumerate(pool.map(one, samples, chunksize=16))
+
+
+def build_entry(
+    key: str, root: Path, samples: Sequence[Sample], side: int, max_pixels: int
+) -> Entry | None:
+    """Decode every sample into a new entry (or return the one another process just
+    finished). None when the entry would not fit the cache's size limit or the disk."""
+    with _locked(key):
+        found = find_entry(key)
+        if found is not None:
+            return found
+        folder = cache_dir("decoded")
+        need = len(samples) * 3 * side * side
+        free = shutil.disk_usage(folder).free
+        if need > max_cache_bytes() or need > free - (1 << 30):
+            print(
+                f"note: not caching the decoded images of {root} ({need / 1024**3:.1f} GB: "
+                f"above {MAX_GB_ENV} or the free disk space); they are decoded every epoch",
+                file=sys.stderr,
+            )
+            return None
+        print(f"decoding {len(samples):,} images of {root} once, into the cache", file=sys.stderr)
+        tmp = folder / f".{key}.u8.tmp-{os.getpid()}"
+        kept: list[int] = []
+        bad: list[tuple[str, str]] = []
+        try:
+            with open(tmp, "wb") as out:
+                for index, result in _decode_all(samples, side, max_pixels):
+                    if isinstance(result, str):
+                        bad.append((str(samples[index].path), result))
+                        continue
+                    out.write(result.tobytes())
+                    kept.append(index)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, folder / f"{key}.u8")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        meta = {"format": FORMAT, "root": str(root), "side": side, "kept": kept, "bad": bad}
+        meta_tmp = folder / f".{key}.json.tmp-{os.getpid()}"
+        meta_tmp.write_text(json.dumps(meta), encoding="utf-8")
+        os.replace(meta_tmp, folder / f"{key}.json")
+    evict(keep=key)
+    return Entry(folder / f"{key}.u8", meta)
+
+
+def evict(keep: str | None = None, limit: int | None = None) -> int:
+    """Delete the least recently used entries until the cache fits its limit; bytes freed."""
+    folder = cache_dir("decoded")
+    limit = max_cache_bytes() if limit is None else limit
+    entries = []
+    for meta in folder.glob("*.json"):
+        array = meta.with_suffix(".u8")
+        size = array.stat().st_size if array.is_file() else 0
+        entries.append((meta.stat().st_mtime, meta.stem, size))
+    total = sum(size for _, _, size in entries)
+    freed = 0
+    for _, key, size in sorted(entries):
+        if total <= limit:
+            break
+        if key == keep:
+            continue
+        for suffix in (".u8", ".json", ".lock"):
+            (folder / f"{key}{suffix}").unlink(missing_ok=True)
+        total -= size
+        freed += size
+    return freed
+
+
+def cached_images(
+    root: Path, samples: Sequence[Sample], side: int, max_pixels: int
+) -> tuple[str | None, Entry | None]:
+    """The key of these samples at this side, and their cache entry (built if missing);
+    (None, None) when the cache is off (`INFLAME_NO_CACHE=1`), (key, None) when the
+    entry would not fit."""
+    if not cache_enabled():
+        return None, None
+    from inflame.fingerprint import FingerprintCache
+    from inflame.hashing import tree_hashes
+
+    digests = tree_hashes(root, cache=FingerprintCache.default())
+    key = entry_key(root, samples, digests, side, max_pixels)
+    return key, find_entry(key) or build_entry(key, root, samples, side, max_pixels)
