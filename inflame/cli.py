@@ -108,6 +108,9 @@ def train(
     if help_app:
         _print_app_help(spec, overrides or [])
         return
+    from inflame.allocator import reexec_with_allocator
+
+    reexec_with_allocator()  # tcmalloc or jemalloc when installed (before torch loads)
     from inflame.launcher import train_local
 
     result = train_local(

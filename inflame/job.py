@@ -112,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--nnodes", type=int, default=1)
     parser.add_argument("--nproc-per-node", type=int, default=1)
     args = parser.parse_args(raw)
+    if argv is None:  # tcmalloc or jemalloc when the image has one (before torch loads)
+        from inflame.allocator import reexec_with_allocator
+
+        reexec_with_allocator()
     from inflame.jobprep import prepare_job
     from inflame.launcher import run_in_job
     from inflame.targets import detect_platform, get_target

@@ -451,6 +451,10 @@ def run_app(app_file: str | Path, argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run-dir", help="write the run here instead of runs/<name>-…")
     parser.add_argument("--resume", help="continue a run directory from its last checkpoint")
     args = parser.parse_args(argv)
+    if argv is None:  # the process's own command line: it can be run again with tcmalloc
+        from inflame.allocator import reexec_with_allocator
+
+        reexec_with_allocator()
     try:
         overrides = list(args.overrides)
         spec_app = load_spec(args.spec, overrides).job.app

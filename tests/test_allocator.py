@@ -255,3 +255,23 @@ def test_importing_it_does_not_import_torch() -> None:
     code = "import sys, inflame.allocator; assert 'torch' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_inflame_train_runs_with_the_allocator_and_records_it(
+    fake_tcmalloc: Path, write_spec, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`inflame train` re-executes itself with the library preloaded; the manifest says
+    which malloc the training process ran with. With it off: glibc and the install hint."""
+    import json
+
+    spec = write_spec(hyperparameters={"epochs": 1})
+    runs = {}
+    for value in (str(fake_tcmalloc), "off"):
+        monkeypatch.setenv("INFLAME_ALLOCATOR", value)
+        result = cli("train", "--local", spec, check=True)
+        run_dir = Path(result.stdout.strip().splitlines()[-1])
+        manifest = json.loads((tmp_path / run_dir / "manifest.json").read_text())
+        runs[value] = (manifest["performance"]["allocator"], result.stderr)
+    assert runs[str(fake_tcmalloc)][0].startswith(f"tcmalloc ({fake_tcmalloc}")
+    assert runs["off"][0].startswith("glibc")
+    assert "tip:" not in runs["off"][1]  # the user turned it off: no advice

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from inflame.allocator import loaded_allocator
 from inflame.errors import InflameError
 from inflame.performance import AUTO, Performance
 
@@ -69,6 +70,7 @@ class FastPath:
             "compile": self.compile,
             "deterministic": self.deterministic,
             "torch_threads": torch.get_num_threads(),
+            "allocator": loaded_allocator(),
         }
         if self.device.type == "cuda":
             record["device_name"] = torch.cuda.get_device_name(self.device)

@@ -181,7 +181,13 @@ def fit(
         val_loader = make_loader(
             val_data, val_order, batch_size=batch_size, workers=workers, pin_memory=pin
         )
-    ctx.record("performance", {**fast.record(), "data_workers": workers})
+    record = {**fast.record(), "data_workers": workers}
+    ctx.record("performance", record)
+    if fast.device.type == "cpu" and record["allocator"].startswith("glibc") and ctx.is_main:
+        from inflame.allocator import ENV_VAR, install_hint
+
+        if os.environ.get(ENV_VAR, "") in ("", "auto"):
+            reporter.message(install_hint())
     step = _Stepper(net, loss_fn, fast, reporter)
     reporter.start(epochs, state.epoch, batches)
     writer = CheckpointWriter()
