@@ -10,7 +10,9 @@ malloc, with the allocator, and both again with model and input in channels_last
 in its own interpreter (a malloc is chosen when a process starts). The cases of a workload
 take turns, a burst of steps each for several rounds, so that other load on the machine
 falls on all of them alike; images/s come from the best step (as timeit does: other
-processes only ever slow a step down), the median step is in the JSON.
+processes only ever slow a step down), the median step is in the JSON. "per CPU-s" divides by
+the process's CPU time instead (all threads, kernel time included): with `--threads 1` it is
+the figure least moved by other processes on a shared machine.
 """
 
 from __future__ import annotations
@@ -69,12 +71,12 @@ def worker(model_name: str, size: int, mode: str, channels_last: bool, args: dic
     print(json.dumps({"allocator": loaded_allocator(), "threads": torch.get_num_threads()}))
     sys.stdout.flush()
     for line in sys.stdin:
-        times: list[float] = []
+        times: list[tuple[float, float]] = []  # (wall, CPU) seconds per step
         began = time.perf_counter()
         while not times or time.perf_counter() - began < float(line):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             step()
-            times.append(time.perf_counter() - start)
+            times.append((time.perf_counter() - start, time.process_time() - cpu))
         print(json.dumps(times), flush=True)
 
 
@@ -96,6 +98,7 @@ class Case:
             text=True,
         )
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self.info = json.loads(self._answer(f"{workload} did not start"))
         if (library is None) != self.info["allocator"].startswith("glibc"):
             raise SystemExit(f"{workload}: expected {library or 'glibc'}, ran {self.info}")
@@ -110,7 +113,9 @@ class Case:
         assert self.process.stdin is not None
         self.process.stdin.write(f"{seconds}\n")
         self.process.stdin.flush()
-        self.times += json.loads(self._answer("a worker stopped"))
+        for wall, cpu in json.loads(self._answer("a worker stopped")):
+            self.times.append(wall)
+            self.cpu_times.append(cpu)
 
     def close(self) -> None:
         if self.process.stdin:
@@ -149,7 +154,10 @@ def main() -> None:
         print(f"allocator: {library}")
 
     rows = []
-    print(f"{'workload':<34} {'variant':<26} {'images/s':>9} {'x baseline':>11} {'steps':>6}")
+    print(
+        f"{'workload':<34} {'variant':<26} {'images/s':>9} {'x baseline':>11}"
+        f" {'per CPU-s':>10} {'x baseline':>11} {'steps':>6}"
+    )
     for workload in args.workloads:
         cases = [Case(workload, lib, channels_last, args) for _, lib, channels_last in variants]
         try:
@@ -160,8 +168,10 @@ def main() -> None:
             for case in cases:
                 case.close()
         baseline = args.batch / min(cases[0].times)
+        cpu_baseline = args.batch / min(cases[0].cpu_times)
         for (variant, _, _), case in zip(variants, cases, strict=True):
             speed = args.batch / min(case.times)
+            per_cpu = args.batch / min(case.cpu_times)
             rows.append(
                 {
                     "workload": workload,
@@ -169,13 +179,15 @@ def main() -> None:
                     "images_per_s": speed,
                     "ratio": speed / baseline,
                     "median_images_per_s": args.batch / statistics.median(case.times),
+                    "images_per_cpu_s": per_cpu,
+                    "cpu_ratio": per_cpu / cpu_baseline,
                     "steps": len(case.times),
                     **case.info,
                 }
             )
             print(
                 f"{workload:<34} {variant:<26} {speed:>9.1f} {speed / baseline:>11.2f}"
-                f" {len(case.times):>6}"
+                f" {per_cpu:>10.1f} {per_cpu / cpu_baseline:>11.2f} {len(case.times):>6}"
             )
     threads = rows[0]["threads"] if rows else None
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())

@@ -189,6 +189,13 @@ def test_preload_env_is_idempotent_and_keeps_entries(fake_tcmalloc: Path) -> Non
     assert preload_env(listed, fake_tcmalloc) == listed
 
 
+def test_preload_env_tunes_jemalloc_unless_told(fake_jemalloc: Path) -> None:
+    tuned = preload_env({}, fake_jemalloc)
+    assert tuned == {"LD_PRELOAD": str(fake_jemalloc), "MALLOC_CONF": allocator.JEMALLOC_CONF}
+    assert preload_env(tuned, fake_jemalloc) == tuned
+    assert preload_env({"MALLOC_CONF": "narenas:2"}, fake_jemalloc)["MALLOC_CONF"] == "narenas:2"
+
+
 def test_search_prefers_tcmalloc_minimal_then_tcmalloc_then_jemalloc(
     fake_tcmalloc: Path, tmp_path: Path
 ) -> None:
