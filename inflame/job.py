@@ -115,7 +115,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv is None:  # tcmalloc or jemalloc when the image has one (before torch loads)
         from inflame.allocator import reexec_with_allocator
 
-        reexec_with_allocator()
+        try:
+            reexec_with_allocator()
+        except InflameError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(exc.exit_code) from None
     from inflame.jobprep import prepare_job
     from inflame.launcher import run_in_job
     from inflame.targets import detect_platform, get_target

@@ -211,6 +211,9 @@ def _execute(
 
     extra = {"world_size": ctx.world_size} if ctx.world_size > 1 else {}
     with _recorded(run_dir, manifest, resume_hint, write=ctx.is_main, **extra):
+        from inflame.training.fastpath import deterministic_env
+
+        deterministic_env(ctx.performance)
         distributed = init_distributed(ctx)
         try:
             seed_everything(ctx.seed)
@@ -451,11 +454,11 @@ def run_app(app_file: str | Path, argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run-dir", help="write the run here instead of runs/<name>-…")
     parser.add_argument("--resume", help="continue a run directory from its last checkpoint")
     args = parser.parse_args(argv)
-    if argv is None:  # the process's own command line: it can be run again with tcmalloc
-        from inflame.allocator import reexec_with_allocator
-
-        reexec_with_allocator()
     try:
+        if argv is None:  # the process's own command line: it can be run again with tcmalloc
+            from inflame.allocator import reexec_with_allocator
+
+            reexec_with_allocator()
         overrides = list(args.overrides)
         spec_app = load_spec(args.spec, overrides).job.app
         try:

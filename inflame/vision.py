@@ -122,15 +122,35 @@ def decode_side(image_size: int) -> int:
     return round(image_size * 8 / 7)
 
 
+class Decoded:
+    """A transform step: a PIL image becomes the uint8 tensor (3, side, side) that the
+    decode cache stores (`inflame.data.decoded.decode_pil`); a tensor passes unchanged."""
+
+    def __init__(self, side: int):
+        self.side = side
+
+    def __call__(self, image: Any) -> Any:
+        if isinstance(image, torch.Tensor):
+            return image
+        from inflame.data.decoded import decode_pil
+
+        return torch.from_numpy(decode_pil(image.convert("RGB"), self.side))
+
+    def __repr__(self) -> str:
+        return f"Decoded(side={self.side})"
+
+
 def train_transform(
     image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> Any:
     """Random crop and flip of a decoded uint8 image (3, S, S), then float and normalise.
-    Use with `ImageFolderDataset(..., decode_size=decode_side(image_size))`."""
+    Use with `ImageFolderDataset(..., decode_size=decode_side(image_size))`; a PIL image
+    is decoded the same way first."""
     from torchvision.transforms import v2
 
     return v2.Compose(
         [
+            Decoded(decode_side(image_size)),
             v2.RandomResizedCrop(image_size, scale=(0.7, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.ToDtype(torch.float32, scale=True),
@@ -142,11 +162,13 @@ def train_transform(
 def eval_transform(
     image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> Any:
-    """Centre crop of a decoded uint8 image (3, S, S), then float and normalise."""
+    """Centre crop of a decoded uint8 image (3, S, S), then float and normalise; a PIL
+    image is decoded the same way first."""
     from torchvision.transforms import v2
 
     return v2.Compose(
         [
+            Decoded(decode_side(image_size)),
             v2.CenterCrop(image_size),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(list(mean), list(std)),

@@ -28,6 +28,9 @@ def main() -> None:
         job = prepare_job(run_dir / SPEC_FILE)
         ctx = local_context(job.spec, job.spec.hyperparameters, run_dir)
         ctx.spec_dir = spec_dir
+        from inflame.training.fastpath import deterministic_env
+
+        deterministic_env(ctx.performance)
         init_distributed(ctx)
         seed_everything(ctx.seed)  # the same initial weights in every process
         try:

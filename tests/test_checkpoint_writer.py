@@ -101,3 +101,16 @@ def test_fit_returns_with_every_checkpoint_on_disk(tmp_path: Path, monkeypatch):
     assert result.epochs_completed == 3
     last = load_checkpoint(tmp_path / "checkpoints" / "epoch-0003.safetensors")
     assert last.epoch == 3 and [h["epoch"] for h in last.history] == [1, 2, 3]
+
+
+def test_a_write_that_fails_midway_leaves_no_temporary_file(tmp_path: Path, monkeypatch):
+    def half_then_fail(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_tensors", half_then_fail)
+    writer = CheckpointWriter()
+    writer.submit(tmp_path, _state(nn.Linear(4, 3), 1))
+    with pytest.raises(RunError, match="No space left"):
+        writer.wait()
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ as decoding each time, invalidated by a changed file, bounded in size."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -107,17 +108,73 @@ def test_bad_images_are_remembered_with_the_entry(cache, images, decodes):
     assert len(decodes) == 13  # decoded once, whatever the policy
 
 
+def _age(cache: Path, seconds: float) -> None:
+    """Make every entry look last used `seconds` ago."""
+    for meta in (cache / "decoded").glob("*.json"):
+        stamp = meta.stat().st_mtime - seconds
+        os.utime(meta, (stamp, stamp))
+
+
 def test_the_cache_stays_under_its_limit(cache, images, tmp_path, monkeypatch):
     other = tmp_path / "other"
     make_demo_dataset(other, per_class=4, image_size=40, seed=2, ratios=(1.0, 0.0, 0.0))
     ImageFolderDataset(images, decode_size=36)
     one_entry = next((cache / "decoded").glob("*.u8")).stat().st_size
     monkeypatch.setenv("INFLAME_CACHE_MAX_GB", str(1.5 * one_entry / 1024**3))
+    _age(cache, 2 * decoded.IN_USE_S)
     ImageFolderDataset(other / "train", decode_size=36)
     assert len(list((cache / "decoded").glob("*.u8"))) == 1  # the older entry went
     monkeypatch.setenv("INFLAME_CACHE_MAX_GB", str(0.5 * one_entry / 1024**3))
     too_big = ImageFolderDataset(images, decode_size=36)
     assert not too_big.cached and too_big.decoded(0).shape == (3, 36, 36)
+
+
+def test_an_entry_in_use_is_not_evicted_and_survives_a_clear(cache, images, tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    make_demo_dataset(other, per_class=4, image_size=40, seed=2, ratios=(1.0, 0.0, 0.0))
+    train = ImageFolderDataset(images, decode_size=36)
+    expected = train.decoded(5)
+    one_entry = next((cache / "decoded").glob("*.u8")).stat().st_size
+    monkeypatch.setenv("INFLAME_CACHE_MAX_GB", str(1.5 * one_entry / 1024**3))
+    ImageFolderDataset(other / "train", decode_size=36)  # over the limit, but train is in use
+    assert len(list((cache / "decoded").glob("*.u8"))) == 2
+    from inflame.cache import clear
+
+    clear(["decoded"])  # e.g. `inflame cache clear` while a run reads its entry
+    assert torch.equal(train.decoded(5), expected)
+
+
+def test_the_same_images_under_another_root_reuse_the_entry_correctly(
+    cache, images, tmp_path, decodes
+):
+    import shutil
+
+    broken = images / sorted(p.name for p in images.iterdir())[1] / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    first = ImageFolderDataset(images, decode_size=36, bad_images="skip")
+    copy = tmp_path / "copy"
+    shutil.copytree(images, copy)
+    second = ImageFolderDataset(copy, decode_size=36, bad_images="skip")
+    assert len(decodes) == 13  # the copy's entry is the same: nothing decoded again
+    assert len(second) == len(first) == 12
+    assert [s.path.relative_to(copy) for s in second.samples] == [
+        s.path.relative_to(images) for s in first.samples
+    ]
+    assert [p for p, _ in second.skipped] == [copy / broken.relative_to(images)]
+    for i in range(len(second)):
+        assert torch.equal(second.decoded(i), first.decoded(i))
+        assert second[i][1] == first[i][1]
+    with pytest.raises(DataError, match=str(copy)):
+        ImageFolderDataset(copy, decode_size=36)
+
+
+def test_an_unwritable_cache_folder_costs_only_the_cache(images, monkeypatch, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("INFLAME_CACHE_DIR", str(blocker / "cache"))
+    data = ImageFolderDataset(images, eval_transform(32), decode_size=decode_side(32))
+    assert not data.cached and data[0][0].shape == (3, 32, 32)
+    assert "cannot be used" in capsys.readouterr().err
 
 
 def test_concurrent_builders_decode_once(cache, images, decodes):

@@ -167,3 +167,36 @@ def test_the_manifest_says_which_fast_paths_ran(tmp_path: Path, write_spec, monk
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["performance"]["precision"] == "bf16"
     assert manifest["performance"]["device"] == "cpu"
+
+
+def test_fp16_resume_restores_the_gradient_scaler(tmp_path: Path, monkeypatch):
+    """The scaler's scale grows every step here: after a resume it must continue from the
+    checkpoint's scale, ending where an uninterrupted run ends, with the same weights."""
+    made: list[torch.amp.GradScaler] = []
+    real = fastpath.FastPath.scaler
+
+    def growing(self: fastpath.FastPath) -> torch.amp.GradScaler:
+        if not self.needs_scaler:
+            return real(self)
+        made.append(torch.amp.GradScaler("cpu", init_scale=2.0, growth_interval=1))
+        return made[-1]
+
+    monkeypatch.setattr(fastpath.FastPath, "scaler", growing)
+    fp16 = Performance(precision="fp16")
+    whole, _ = train(tmp_path / "whole", workers=0, performance=fp16, epochs=3)
+    whole_scale = made[-1].get_scale()
+    train(tmp_path / "parts", workers=0, performance=fp16, epochs=2)
+    resumed, _ = train(tmp_path / "parts", workers=0, performance=fp16, epochs=3)
+    assert whole_scale > 2.0 * 2**10  # it grew at every one of the 15 steps
+    assert made[-1].get_scale() == whole_scale
+    for a, b in zip(
+        whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_deterministic_kernels_follow_the_switch(tmp_path: Path):
+    train(tmp_path / "a", workers=0, performance=Performance(deterministic=False), epochs=1)
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(tmp_path / "b", workers=0, epochs=1)  # auto on CPU: deterministic
+    assert torch.are_deterministic_algorithms_enabled()

@@ -94,3 +94,29 @@ def test_feature_cache_off_trains_the_whole_frozen_model(tmp_path: Path, write_s
     )
     train_local(spec, runs_root=tmp_path / "runs")
     assert counted == []
+
+
+def test_the_key_covers_backbone_preprocessing_and_batch(tmp_path, counted, monkeypatch):
+    monkeypatch.setenv("INFLAME_CACHE_DIR", str(tmp_path / "cache"))
+    cpu = torch.device("cpu")
+    model, data = build_classifier("resnet18", 2), Noisy()
+
+    def get(model=model, data=data, batch_size=64):
+        return feats.cached_features(
+            model, data, {"data": "x"}, views=1, seed=0, device=cpu, batch_size=batch_size
+        )
+
+    first = get()
+    moved: list[object] = []
+    real_to = model.to
+    monkeypatch.setattr(model, "to", lambda *a, **k: moved.append(a) or real_to(*a, **k))
+    assert torch.equal(get().features, first.features) and len(counted) == 1  # a hit
+    assert moved  # on a hit too: the backbone is put on the device the head trains on
+    get(batch_size=8)
+    assert len(counted) == 2
+    data.transform = "another transform"
+    get(data=data)
+    assert len(counted) == 3
+    other = build_classifier("resnet18", 2)  # other backbone weights, same architecture
+    get(model=other)
+    assert len(counted) == 4

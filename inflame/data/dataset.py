@@ -48,7 +48,7 @@ class ImageFolderDataset(Dataset):
         self.decode_size = decode_size
         self.classes, samples = scan_image_folder(self.root, classes)
         self._entry = None
-        self._pixels: Any = None  # the memory map, opened lazily in each process
+        self._pixels: Any = None  # the memory map (reopened by path after pickling)
         self.content_key: str | None = None  # the images' contents and labels, when cached
         if decode_size is not None:
             from inflame.data.decoded import cached_images
@@ -57,8 +57,13 @@ class ImageFolderDataset(Dataset):
                 self.root, samples, decode_size, max_pixels
             )
         if self._entry is not None:  # decoded before: the cache knows which files are bad
-            bad = [(Path(p), reason) for p, reason in self._entry.bad]
-            self.samples, self.skipped = apply_bad_image_policy(self.root, samples, bad, bad_images)
+            bad = [(self.root / name, reason) for name, reason in self._entry.bad]
+            apply_bad_image_policy(self.root, samples, bad, bad_images)  # raises for "error"
+            self.samples = [samples[i] for i in self._entry.kept]  # row i of the array
+            self.skipped = bad
+            # mapped now: the data stays readable if the entry is evicted or cleared later
+            # (worker processes started by fork inherit the mapping)
+            self._pixels = self._entry.open()
         else:
             self.samples, self.skipped = drop_bad_images(self.root, samples, bad_images, max_pixels)
         if self.skipped:

@@ -13,12 +13,12 @@ place when complete, and evicted oldest-first above `INFLAME_CACHE_MAX_GB`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,17 +31,23 @@ from inflame.cache import cache_dir, cache_enabled
 from inflame.data.images import Sample, UnreadableImage, open_image
 from inflame.hashing import sha256_file
 
-FORMAT = 1
+FORMAT = 2
 MAX_GB_ENV = "INFLAME_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 50.0
+IN_USE_S = 3600  # entries used this recently are never evicted (a run may be reading them)
+STALE_TMP_S = 86400  # a temporary file this old belongs to a builder that was killed
 
 
 def decode_image(path: Path, side: int, max_pixels: int) -> np.ndarray:
     """Open an image, resize its shorter side to `side` (PIL, antialiased bilinear) and
     crop the centre square: uint8, shape (3, side, side)."""
+    return decode_pil(open_image(path, max_pixels), side)
+
+
+def decode_pil(image: Any, side: int) -> np.ndarray:
+    """`decode_image` for an RGB PIL image already open."""
     from PIL import Image
 
-    image = open_image(path, max_pixels)
     width, height = image.size
     scale = side / min(width, height)
     size = (max(side, round(width * scale)), max(side, round(height * scale)))
@@ -74,6 +80,7 @@ class Entry:
 
     @property
     def bad(self) -> list[tuple[str, str]]:
+        """(path relative to the data root, reason) of each unreadable image."""
         return [tuple(item) for item in self.meta["bad"]]  # type: ignore[misc]
 
     def open(self) -> np.memmap:
@@ -85,7 +92,10 @@ def entry_key(
     root: Path, samples: Sequence[Sample], digests: dict[str, str], side: int, max_pixels: int
 ) -> str:
     """sha256 over the decode settings and every sample's content and label."""
-    digest = hashlib.sha256(f"inflame.decoded/{FORMAT} side={side} max={max_pixels}\n".encode())
+    from PIL import __version__ as pillow
+
+    settings = f"inflame.decoded/{FORMAT} side={side} max={max_pixels} pillow={pillow}\n"
+    digest = hashlib.sha256(settings.encode())
     for sample in samples:
         name = sample.path.relative_to(root).as_posix()
         content = digests.get(name) or sha256_file(sample.path)
@@ -112,10 +122,15 @@ def find_entry(key: str) -> Entry | None:
 
 
 @contextlib.contextmanager
-def _locked(key: str) -> Iterator[None]:
-    folder = cache_dir("decoded")
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{key}.lock", "w") as handle:
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (a no-op where fcntl does not exist)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no locking, the rename keeps entries whole
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -145,7 +160,7 @@ def build_entry(
 ) -> Entry | None:
     """Decode every sample into a new entry (or return the one another process just
     finished). None when the entry would not fit the cache's size limit or the disk."""
-    with _locked(key):
+    with locked(cache_dir("decoded") / f"{key}.lock"):
         found = find_entry(key)
         if found is not None:
             return found
@@ -167,7 +182,8 @@ def build_entry(
             with open(tmp, "wb") as out:
                 for index, result in _decode_all(samples, side, max_pixels):
                     if isinstance(result, str):
-                        bad.append((str(samples[index].path), result))
+                        name = samples[index].path.relative_to(root).as_posix()
+                        bad.append((name, result))
                         continue
                     out.write(result.tobytes())
                     kept.append(index)
@@ -185,23 +201,39 @@ def build_entry(
     return Entry(folder / f"{key}.u8", meta)
 
 
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:  # removed by another process meanwhile
+        return None
+
+
 def evict(keep: str | None = None, limit: int | None = None) -> int:
-    """Delete the least recently used entries until the cache fits its limit; bytes freed."""
+    """Delete the least recently used entries until the cache fits its limit, sparing
+    entries used in the last hour (a run may be reading them); also delete temporary
+    files of builders killed long ago. Returns the bytes freed."""
     folder = cache_dir("decoded")
     limit = max_cache_bytes() if limit is None else limit
+    now = time.time()
+    freed = 0
+    for tmp in folder.glob(".*.tmp-*"):
+        info = _stat(tmp)
+        if info is not None and now - info.st_mtime > STALE_TMP_S:
+            tmp.unlink(missing_ok=True)
+            freed += info.st_size
     entries = []
     for meta in folder.glob("*.json"):
-        array = meta.with_suffix(".u8")
-        size = array.stat().st_size if array.is_file() else 0
-        entries.append((meta.stat().st_mtime, meta.stem, size))
+        meta_info, array_info = _stat(meta), _stat(meta.with_suffix(".u8"))
+        if meta_info is not None:
+            size = array_info.st_size if array_info is not None else 0
+            entries.append((meta_info.st_mtime, meta.stem, size))
     total = sum(size for _, _, size in entries)
-    freed = 0
-    for _, key, size in sorted(entries):
+    for last_used, key, size in sorted(entries):
         if total <= limit:
             break
-        if key == keep:
+        if key == keep or now - last_used < IN_USE_S:
             continue
-        for suffix in (".u8", ".json", ".lock"):
+        for suffix in (".json", ".u8"):  # lock files stay: a holder may be waiting on one
             (folder / f"{key}{suffix}").unlink(missing_ok=True)
         total -= size
         freed += size
@@ -221,4 +253,12 @@ def cached_images(
 
     digests = tree_hashes(root, cache=FingerprintCache.default())
     key = entry_key(root, samples, digests, side, max_pixels)
-    return key, find_entry(key) or build_entry(key, root, samples, side, max_pixels)
+    try:
+        return key, find_entry(key) or build_entry(key, root, samples, side, max_pixels)
+    except OSError as exc:  # an unwritable cache folder or a full disk costs the cache only
+        print(
+            f"warning: the decode cache in {cache_dir('decoded')} cannot be used ({exc}); "
+            "decoding the images every epoch",
+            file=sys.stderr,
+        )
+        return key, None

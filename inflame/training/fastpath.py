@@ -83,8 +83,10 @@ def has_conv2d(model: nn.Module) -> bool:
 
 
 def _bf16_supported(device: torch.device) -> bool:
+    """bf16 in hardware: Ampere (compute capability 8.0) and newer GPUs. (torch's own
+    is_bf16_supported() also counts emulated bf16, slower on a T4 or V100 than fp16.)"""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     return True
 
 
@@ -122,10 +124,16 @@ def apply(path: FastPath) -> None:
         torch.backends.cudnn.allow_tf32 = path.tf32
         torch.backends.cudnn.benchmark = not path.deterministic
         torch.backends.cudnn.deterministic = path.deterministic
-        if path.deterministic:
+        if path.deterministic:  # effective only before cuBLAS starts: see deterministic_env
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_DETERMINISTIC)
-            torch.use_deterministic_algorithms(True, warn_only=True)
-    # CPU kernels are deterministic at a fixed thread count already
+    # seed_everything turned deterministic kernels on; a GPU run in "auto" turns them off
+    torch.use_deterministic_algorithms(path.deterministic, warn_only=True)
+
+
+def deterministic_env(settings: Performance) -> None:
+    """Before CUDA starts: cuBLAS needs a fixed workspace for deterministic results."""
+    if settings.deterministic is True:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_DETERMINISTIC)
 
 
 def prepare_model(model: nn.Module, path: FastPath) -> nn.Module:

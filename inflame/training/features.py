@@ -12,9 +12,9 @@ view e mod N.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from inflame.cache import cache_dir, cache_enabled
+from inflame.data.decoded import locked
 from inflame.tensorfile import load_tensors, save_tensors
 from inflame.training.loading import EpochOrder, SeededSamples
 
@@ -142,8 +143,15 @@ def cached_features(
     """`compute_features`, read from the cache when the same backbone, data and views made
     them before. `key_parts` names the data and its preprocessing (e.g. the decode cache
     key and the transform); None computes them without the cache."""
+    model.to(device)  # on a cache hit too: the head trains there, the backbone serves there
     parts = {**(key_parts or {}), "format": FORMAT, "views": views, "seed": seed}
-    parts["backbone"] = backbone_digest(model)
+    parts.update(
+        backbone=backbone_digest(model),
+        transform=repr(getattr(dataset, "transform", None)),
+        device=device.type,  # kernels differ in their last bits between devices
+        torch=torch.__version__,
+        batch_size=batch_size,
+    )
     key = hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()
 
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,22 +168,33 @@ def cached_features(
     if key_parts is None or not cache_enabled():
         return FeatureViews(*compute())
     folder = cache_dir("features")
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key}.safetensors"
-    with open(folder / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _read(path)
-        if found is not None:
-            os.utime(path)
-            return FeatureViews(*found)
-        features, labels = compute()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_tensors({"features": features, "labels": labels}, tmp)
-            os.replace(tmp, path)
-        except OSError:  # a full disk costs the cache, not the run
-            tmp.unlink(missing_ok=True)
-    return FeatureViews(features, labels)
+    try:
+        with locked(folder / f"{key}.lock"):
+            found = _read(path)
+            if found is not None:
+                os.utime(path)
+                return FeatureViews(*found)
+            features, labels = compute()
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            try:
+                save_tensors({"features": features, "labels": labels}, tmp)
+                os.replace(tmp, path)
+            except OSError as exc:  # a full disk costs the cache, not the run
+                tmp.unlink(missing_ok=True)
+                _warn(folder, exc)
+            return FeatureViews(features, labels)
+    except OSError as exc:  # no lock file: an unwritable cache folder
+        _warn(folder, exc)
+        return FeatureViews(*compute())
+
+
+def _warn(folder: Path, exc: OSError) -> None:
+    print(
+        f"warning: the feature cache in {folder} cannot be used ({exc}); the features are "
+        "computed for this run only",
+        file=sys.stderr,
+    )
 
 
 def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -124,7 +124,7 @@ def make_loader(
     """A DataLoader over `SeededSamples(dataset)` in `order`, workers kept across epochs."""
     extra: dict[str, Any] = {}
     if workers > 0:
-        extra = {"persistent_workers": True, "prefetch_factor": 4}
+        extra = {"persistent_workers": True, "prefetch_factor": 2}
     return DataLoader(
         SeededSamples(dataset, order.seed),
         batch_size=batch_size,

@@ -77,6 +77,24 @@ def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
     torch.manual_seed(augment)
 
 
+_hinted: list[bool] = []
+
+
+def _allocator_hint(reporter: Reporter) -> None:
+    """Once per process, on CPU with glibc malloc: how to get a faster one (only when none
+    is installed; `inflame train` preloads one that is)."""
+    from inflame.allocator import ENV_VAR, find_allocator, install_hint
+
+    if _hinted or os.environ.get(ENV_VAR, "") not in ("", "auto"):
+        return
+    _hinted.append(True)
+    try:
+        if find_allocator() is None:
+            reporter.message(install_hint())
+    except InflameError:
+        pass
+
+
 def _is_better(score: float, best: float | None, minimize: bool) -> bool:
     if best is None:
         return True
@@ -146,16 +164,19 @@ def fit(
         best_state = _state_copy(model)
         ctx.metrics.truncate(lambda r: False)  # a fresh start: no stale lines
     history = list(state.history)
+
     # DDP wraps the model after any checkpoint is loaded; `model` stays the plain module
     # (its state_dict is what checkpoints and the final weights hold).
-    net: nn.Module = model
-    if distributed:
+    compiled = fastpath.maybe_compile(model, fast)  # once: a new DDP wrapper reuses it
+
+    def wrap() -> nn.Module:
+        """The model as this process trains it: compiled if asked, in DDP when distributed."""
+        if not distributed:
+            return compiled
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(
-            model, device_ids=[fast.device.index] if fast.device.type == "cuda" else None
-        )
-    net = fastpath.maybe_compile(net, fast)
+        ids = [fast.device.index] if fast.device.type == "cuda" else None
+        return DistributedDataParallel(compiled, device_ids=ids)
 
     n_train = len(train_data)  # type: ignore[arg-type]
     if distributed:  # each process sees its shard (padded to equal sizes)
@@ -184,11 +205,9 @@ def fit(
     record = {**fast.record(), "data_workers": workers}
     ctx.record("performance", record)
     if fast.device.type == "cpu" and record["allocator"].startswith("glibc") and ctx.is_main:
-        from inflame.allocator import ENV_VAR, install_hint
-
-        if os.environ.get(ENV_VAR, "") in ("", "auto"):
-            reporter.message(install_hint())
-    step = _Stepper(net, loss_fn, fast, reporter)
+        _allocator_hint(reporter)
+    step = _Stepper(wrap(), loss_fn, fast, reporter)
+    state_epoch_at_start = state.epoch
     reporter.start(epochs, state.epoch, batches)
     writer = CheckpointWriter()
     try:
@@ -196,6 +215,11 @@ def fit(
             if state.stopped_early:
                 break
             _seed_epoch(ctx.seed, epoch, ctx.rank)
+            if distributed and epoch > state_epoch_at_start:
+                # DDP regroups its gradient buckets after its first step, which changes the
+                # order of the sums across processes; a fresh wrapper per epoch makes every
+                # epoch start as a resumed one does, so a resumed run ends bit-identical
+                step.net = wrap()
             train_order.set_epoch(epoch)
             train_stats = step.epoch(train_loader, optimizer, scaler, "train", batches, epoch)
             metrics: dict[str, Any] = {
@@ -374,7 +398,8 @@ def evaluate(
     from inflame.training.progress import SilentReporter
 
     device = device or next(model.parameters()).device
-    fast = fastpath.resolve(performance or Performance(), device, model)
+    # fp32 unless asked: a test score should not depend on the device's autocast
+    fast = fastpath.resolve(performance or Performance(precision="fp32"), device, model)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

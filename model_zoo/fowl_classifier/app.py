@@ -189,6 +189,7 @@ def _cached_features(
 
     from inflame.data.dataset import ImageFolderDataset
     from inflame.training.features import cached_features, get_head
+    from inflame.training.loading import auto_workers
     from inflame.vision import eval_transform
 
     hp = ctx.hparams
@@ -222,7 +223,7 @@ def _cached_features(
             seed=ctx.seed,
             device=ctx.device,
             batch_size=hp["batch_size"],
-            num_workers=workers or 0,
+            num_workers=auto_workers(ctx.device) if workers is None else workers,
         )
 
     train_data = features(source, views, "centre" if views == 1 else "random")
