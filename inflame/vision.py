@@ -83,19 +83,29 @@ def build_backbone(architecture: str, pretrained: bool | str | Path = False) -> 
     return model
 
 
+def head_name(model: nn.Module) -> str:
+    """The name of the model's last Linear layer: its classification head."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise InflameError(f"{type(model).__name__} has no Linear classification head.")
+    return names[-1]
+
+
+def get_head(model: nn.Module) -> nn.Linear:
+    return model.get_submodule(head_name(model))  # type: ignore[return-value]
+
+
+def set_head(model: nn.Module, head: nn.Module, name: str | None = None) -> None:
+    """Put `head` in place of the last Linear layer (or of the module called `name`)."""
+    parent_name, _, attr = (name or head_name(model)).rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, head)
+
+
 def replace_head(model: nn.Module, num_classes: int) -> nn.Linear:
     """Swap the last Linear layer for one with `num_classes` outputs; return the new layer."""
-    last_name = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last_name = name
-    if last_name is None:
-        raise InflameError(f"{type(model).__name__} has no Linear classification head to replace.")
-    parent_name, _, attr = last_name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, attr)
-    head = nn.Linear(old.in_features, num_classes)
-    setattr(parent, attr, head)
+    head = nn.Linear(get_head(model).in_features, num_classes)
+    set_head(model, head)
     return head
 
 

@@ -26,27 +26,9 @@ from inflame.cache import cache_dir, cache_enabled
 from inflame.data.decoded import locked
 from inflame.tensorfile import load_tensors, save_tensors
 from inflame.training.loading import EpochOrder, SeededSamples
+from inflame.vision import head_name, set_head
 
 FORMAT = 1
-
-
-def head_name(model: nn.Module) -> str:
-    """The name of the model's last Linear layer (its classification head)."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no Linear head")
-    return names[-1]
-
-
-def get_head(model: nn.Module) -> nn.Linear:
-    return model.get_submodule(head_name(model))  # type: ignore[return-value]
-
-
-def set_head(model: nn.Module, head: nn.Module, name: str | None = None) -> None:
-    """Put `head` in place of the last Linear layer (or of the module called `name`)."""
-    parent_name, _, attr = (name or head_name(model)).rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, head)
 
 
 @contextlib.contextmanager

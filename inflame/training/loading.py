@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from inflame.training.seeding import epoch_seed
+from inflame.training.seeding import epoch_seed, seed_rngs
 
 MAX_AUTO_WORKERS = 8
 
@@ -97,22 +97,16 @@ class SeededSamples(Dataset):
         epoch, index = key
         inner = key if self.takes_epoch else index
         if get_worker_info() is not None:  # a worker process: its state is its own
-            _seed_all(sample_seed(self.seed, epoch, index))
+            seed_rngs(sample_seed(self.seed, epoch, index), cpu_only=True)
             return self.dataset[inner]
         saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
         try:
-            _seed_all(sample_seed(self.seed, epoch, index))
+            seed_rngs(sample_seed(self.seed, epoch, index), cpu_only=True)
             return self.dataset[inner]
         finally:
             random.setstate(saved[0])
             np.random.set_state(saved[1])
             torch.random.set_rng_state(saved[2])
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.random.default_generator.manual_seed(seed)
 
 
 def make_loader(

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -31,7 +29,7 @@ from inflame.training.checkpoint import CheckpointWriter, TrainingState, latest_
 from inflame.training.distributed import all_reduce_sum, barrier
 from inflame.training.loading import EpochOrder, auto_workers, make_loader
 from inflame.training.progress import Reporter, make_reporter
-from inflame.training.seeding import epoch_seed
+from inflame.training.seeding import epoch_seed, seed_rngs
 
 
 @dataclass
@@ -71,10 +69,7 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
     """Seed this epoch's training-process randomness (dropout, say), per process."""
-    augment = (epoch_seed(seed, epoch) + rank * 104_729) % (2**63)
-    random.seed(augment)
-    np.random.seed(augment % (2**32))
-    torch.manual_seed(augment)
+    seed_rngs((epoch_seed(seed, epoch) + rank * 104_729) % (2**63))
 
 
 _hinted: list[bool] = []

@@ -5,14 +5,24 @@ from __future__ import annotations
 import random
 
 
-def seed_everything(seed: int, *, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch; ask torch for deterministic kernels."""
+def seed_rngs(seed: int, *, cpu_only: bool = False) -> None:
+    """Seed Python's, NumPy's and torch's global generators (`cpu_only`: not the GPUs')."""
     import numpy as np
     import torch
 
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    if cpu_only:
+        torch.random.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; ask torch for deterministic kernels."""
+    import torch
+
+    seed_rngs(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

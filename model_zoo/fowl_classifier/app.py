@@ -163,7 +163,7 @@ def train(ctx: Context) -> None:
         num_workers=workers,
     )
     if net is not model:  # the head trained on cached features goes back on its backbone
-        from inflame.training.features import set_head
+        from inflame.vision import set_head
 
         set_head(model, result.model)
 
@@ -188,9 +188,9 @@ def _cached_features(
     import sys
 
     from inflame.data.dataset import ImageFolderDataset
-    from inflame.training.features import cached_features, get_head
+    from inflame.training.features import cached_features
     from inflame.training.loading import auto_workers
-    from inflame.vision import eval_transform
+    from inflame.vision import eval_transform, get_head
 
     hp = ctx.hparams
     size, views = hp["image_size"], hp["feature_views"]
