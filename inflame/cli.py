@@ -7,10 +7,14 @@ the commands that need them, so `inflame --help` stays fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+# Plain click help and usage errors: typer's rich formatting costs ~90 ms of imports on every
+# `--help`, nearly half the CLI's start-up (TYPER_USE_RICH=1 brings it back).
+os.environ.setdefault("TYPER_USE_RICH", "0")
 import typer
 
 from inflame import __version__
