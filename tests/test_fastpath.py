@@ -200,3 +200,22 @@ def test_deterministic_kernels_follow_the_switch(tmp_path: Path):
     assert not torch.are_deterministic_algorithms_enabled()
     train(tmp_path / "b", workers=0, epochs=1)  # auto on CPU: deterministic
     assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_compile_failure_at_the_first_batch_is_a_clear_error(tmp_path: Path, monkeypatch):
+    """torch.compile compiles lazily: its failure comes from the first forward pass."""
+    from torch._dynamo.exc import InternalTorchDynamoError
+
+    from inflame.errors import InflameError
+
+    class FailsToCompile(nn.Module):
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise InternalTorchDynamoError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", FailsToCompile)
+    with pytest.raises(InflameError, match=r"no C\+\+ compiler found.*compute.compile = false"):
+        train(tmp_path, workers=0, performance=Performance(compile=True), epochs=1)

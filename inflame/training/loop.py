@@ -336,7 +336,7 @@ class _Stepper:
                 inputs = self.fast.to_device(inputs)
                 targets = targets.to(device, non_blocking=True)
                 with self.fast.autocast():
-                    outputs = self.net(inputs)
+                    outputs = self._forward(inputs)
                     loss = self.loss_fn(outputs, targets)
                 if self.sync_every == 1 and not torch.isfinite(loss):
                     self._diverged(phase, epoch, f"batch {step + 1}", loss.item())
@@ -370,6 +370,20 @@ class _Stepper:
             )
             stats.correct, stats.seen = int(n_correct), int(n_seen)
         return stats
+
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self.fast.compile:
+            return self.net(inputs)
+        try:  # torch.compile compiles at the first call, so its failures surface here
+            return self.net(inputs)
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InflameError(
+                f"torch.compile failed ({reason}). Set `compute.compile = false` to train "
+                "without it, or install what it names (inductor needs a C++ compiler on CPU)."
+            ) from None
 
     @staticmethod
     def _diverged(phase: str, epoch: int, where: str, value: float) -> None:
