@@ -176,3 +176,33 @@ def settings(args: Any) -> dict[str, Any]:
         for key, value in vars(args).items()
         if key != "json"
     }
+
+
+def add_run_arguments(parser: Any) -> None:
+    """--threads, --dir and --json, as every training benchmark takes them."""
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--dir", type=Path, help="where to work (default: a temp dir)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+
+
+def work_dir(args: Any) -> Path:
+    """Apply --threads to torch and make a fresh work folder (under --dir if given)."""
+    import tempfile
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return Path(tempfile.mkdtemp(prefix="inflame-bench-", dir=args.dir))
+
+
+def demo_set(root: Path, images: int, size: int) -> tuple[int, int]:
+    """The demo set with about `images` training images, split 80/20 into root/train and
+    root/val; returns (training images, validation images)."""
+    import math
+
+    from inflame.data.demo import make_demo_dataset
+
+    per_class = math.ceil(images / 3 / 0.8)
+    make_demo_dataset(root, per_class=per_class, image_size=size, seed=0, ratios=(0.8, 0.2))
+    return tuple(sum(1 for _ in (root / s).rglob("*.jpg")) for s in ("train", "val"))  # type: ignore[return-value]

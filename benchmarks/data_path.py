@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -39,7 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
-from _common import describe, environment, machine, print_table, ratio, settings, write_json
+from _common import (
+    add_run_arguments,
+    describe,
+    environment,
+    machine,
+    print_table,
+    ratio,
+    settings,
+    work_dir,
+    write_json,
+)
 from PIL import Image
 
 from inflame.data.dataset import ImageFolderDataset
@@ -153,16 +162,11 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, nargs="+", help="loader workers (default: auto, 0 and 1)"
     )
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--dir", type=Path, help="where to work (default: a temp dir)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_run_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+    work = work_dir(args)
     auto = auto_workers(torch.device("cpu"))
     workers = args.workers or sorted({auto, 0, 1})
-    work = Path(tempfile.mkdtemp(prefix="inflame-bench-", dir=args.dir))
     try:
         root = work / "photos"
         size_bytes = make_photos(root, args.images)

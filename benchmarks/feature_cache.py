@@ -19,15 +19,14 @@ Times are the whole `train_local` call (wall) and the epochs alone (metrics.json
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from _common import (
+    add_run_arguments,
+    demo_set,
     describe,
     environment,
     machine,
@@ -35,12 +34,12 @@ from _common import (
     ratio,
     read_metrics,
     settings,
+    work_dir,
     write_fowl_spec,
     write_json,
 )
 
 from inflame.data.dataset import ImageFolderDataset
-from inflame.data.demo import make_demo_dataset
 from inflame.launcher import train_local
 from inflame.vision import decode_side
 
@@ -70,20 +69,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image side, pixels")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--dir", type=Path, help="where to work (default: a temp dir)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_run_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    work = Path(tempfile.mkdtemp(prefix="inflame-bench-", dir=args.dir))
+    work = work_dir(args)
     try:
-        per_class = math.ceil(args.images / 3 / 0.8)
         data = work / "data"
-        make_demo_dataset(data, per_class=per_class, image_size=args.size, ratios=(0.8, 0.2))
-        n_train = sum(1 for _ in (data / "train").rglob("*.jpg"))
-        n_val = sum(1 for _ in (data / "val").rglob("*.jpg"))
+        n_train, n_val = demo_set(data, args.images, args.size)
         hparams = {
             "architecture": "resnet18",
             "pretrained": False,

@@ -25,10 +25,8 @@ plain loop's images/s.
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,8 @@ from typing import Any
 import torch
 import torchvision
 from _common import (
+    add_run_arguments,
+    demo_set,
     describe,
     environment,
     machine,
@@ -44,6 +44,7 @@ from _common import (
     read_metrics,
     settings,
     train_images_per_second,
+    work_dir,
     write_fowl_spec,
     write_json,
 )
@@ -52,7 +53,6 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-from inflame.data.demo import make_demo_dataset
 from inflame.launcher import train_local
 from inflame.vision import IMAGENET_MEAN, IMAGENET_STD
 
@@ -139,21 +139,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--dir", type=Path, help="where to work (default: a temp dir)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_run_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    work = Path(tempfile.mkdtemp(prefix="inflame-bench-", dir=args.dir))
+    work = work_dir(args)
     try:
-        per_class = math.ceil(args.images / 3 / 0.8)
-        make_demo_dataset(
-            work / "data", per_class=per_class, image_size=args.size, seed=0, ratios=(0.8, 0.2)
-        )
+        n_train, _ = demo_set(work / "data", args.images, args.size)
         train_dir, val_dir = work / "data" / "train", work / "data" / "val"
-        n_train = sum(1 for p in train_dir.rglob("*.jpg"))
         hparams = {
             "architecture": "resnet18",
             "pretrained": False,
