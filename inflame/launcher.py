@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from inflame.apps import APP_FILE, App, find_app
+from inflame.data.listing import adopt_listing
 from inflame.errors import InflameError, RunError, RunInterrupted
 from inflame.hashing import sha256_file, tree_digest
 from inflame.jobprep import PreparedJob, prepare_job
@@ -369,14 +370,22 @@ def run_in_job(
             "not mounted. Check that the job's inputs match [data]."
         )
     rank, local_rank, world_size = distributed_ranks(env)
+    # every process: the object store's checksums stand for the files (manifest, decode cache)
+    unlisted = {
+        name: note
+        for name, path in paths.data.items()
+        if name in spec.data and (note := adopt_listing(spec.data[name].value, path))
+    }
     run_dir = paths.run_dir
     manifest: dict[str, Any] = {}
     if rank == 0:  # only the first process hashes the inputs and writes the records
+        for name, note in unlisted.items():
+            print(f"note: hashing data input {name!r}'s files: {note}", file=sys.stderr)
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / MANIFEST).is_file():
             manifest = read_manifest(run_dir)
         else:
-            data = hash_data_inputs(paths.data)
+            data = hash_data_inputs(paths.data, unlisted)
             manifest = _new_manifest(spec, app, data, (), argv, bundled=True)
             manifest["platform"] = paths.platform
             manifest["image"] = image_record(env)

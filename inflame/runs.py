@@ -21,7 +21,6 @@ from typing import Any
 
 from inflame import __version__
 from inflame.errors import RunError
-from inflame.fingerprint import FingerprintCache
 from inflame.hashing import tree_digest, tree_hashes
 from inflame.runtime import MetricsLog
 
@@ -96,19 +95,27 @@ def environment_info() -> dict[str, Any]:
     return info
 
 
-def hash_data_inputs(paths: Mapping[str, Path]) -> dict[str, Any]:
-    """Per input: the sha256 of every file and one fingerprint; plus one for all inputs.
-    Files unchanged since this machine last hashed them come from its fingerprint cache."""
-    cache = FingerprintCache.default()
+def hash_data_inputs(
+    paths: Mapping[str, Path], listing_notes: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Per input: the identity of every file and one fingerprint; plus one for all inputs.
+    Identities are the sha256 of each file (unchanged files come from this machine's
+    fingerprint cache), or inside cloud jobs the object store's checksums where a listing
+    was adopted (`inflame.data.listing`); `listing_notes` says why an input has none."""
+    from inflame.data.listing import content_ids
+
     inputs: dict[str, Any] = {}
     for name, path in paths.items():
-        files = tree_hashes(path, cache=cache)
+        files, source = content_ids(path)
         inputs[name] = {
             "path": str(path),
             "file_count": len(files),
             "fingerprint": tree_digest(files),
+            "checksums": source,
             "files": files,
         }
+        if listing_notes and listing_notes.get(name):
+            inputs[name]["listing_unused"] = listing_notes[name]
     combined = tree_digest({name: item["fingerprint"] for name, item in inputs.items()})
     return {"inputs": inputs, "fingerprint": combined}
 

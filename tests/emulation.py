@@ -43,12 +43,13 @@ def _closure(names: Sequence[str]) -> list[metadata.Distribution]:
     return list(seen.values())
 
 
-def make_image_python(root: Path) -> Path:
-    """A Python environment with only the image's packages; returns its bin folder."""
+def make_image_python(root: Path, extra: Sequence[str] = ()) -> Path:
+    """A Python environment with only the image's packages (and `extra` ones, with what they
+    require); returns its bin folder."""
     venv.EnvBuilder(with_pip=False, symlinks=True).create(root)
     site = next((root / "lib").glob("python3*/site-packages"))
     linked: set[str] = set()
-    for dist in _closure(IMAGE_PACKAGES):
+    for dist in _closure([*IMAGE_PACKAGES, *extra]):
         for file in dist.files or ():
             top = Path(str(file)).parts[0]
             if top in linked or top == ".." or top == "__pycache__":

@@ -7,6 +7,7 @@ host names resolve late, and a spot restart that resumes."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -28,7 +29,7 @@ from inflame.ledger import Ledger
 from inflame.submit import cancel, download, job_logs, plan_submission, refresh, submit_plan
 from inflame.targets.sagemaker import _botocore_model, instance_gpus, validate_request
 from tests.conftest import guarded_env
-from tests.emulation import assert_all_ok, image_env, run_nodes
+from tests.emulation import assert_all_ok, image_env, make_image_python, run_nodes
 from tests.helpers import write_cloud_spec
 
 BUCKET = "inflame-test"
@@ -455,6 +456,7 @@ def sagemaker_node(
     checkpoints: Path,
     bin_dir: Path,
     hosts_file: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[list[str], dict[str, str], Path]:
     """One instance of the job: /opt/ml under `root` as SageMaker lays it out (the code and
     data channels downloaded, resourceconfig.json, checkpoints synced down from S3), the
@@ -495,12 +497,20 @@ def sagemaker_node(
         TRAINING_JOB_ARN=f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{plan.job_name}",
         INFLAME_PLATFORM_ROOT=str(root),
         INFLAME_TEST_HOSTS_FILE=str(hosts_file),
+        **(extra_env or {}),
     )
     spec = plan.request["AlgorithmSpecification"]
     return [*spec["ContainerEntrypoint"], *spec["ContainerArguments"]], env, root
 
 
-def run_sagemaker_job(plan, demo_set: Path, where: Path, checkpoints: Path, bin_dir: Path):
+def run_sagemaker_job(
+    plan,
+    demo_set: Path,
+    where: Path,
+    checkpoints: Path,
+    bin_dir: Path,
+    extra_env: dict[str, str] | None = None,
+):
     """All the job's instances at once; their host names resolve only a moment after they
     start; afterwards the checkpoints are synced up to "S3" (`checkpoints`)."""
     hosts = [f"algo-{i + 1}" for i in range(plan.request["ResourceConfig"]["InstanceCount"])]
@@ -509,7 +519,9 @@ def run_sagemaker_job(plan, demo_set: Path, where: Path, checkpoints: Path, bin_
     hosts_file.write_text("")
     data = {name: demo_set / name for name in ("train", "val")}
     nodes = [
-        sagemaker_node(plan, where / host, host, hosts, data, checkpoints, bin_dir, hosts_file)
+        sagemaker_node(
+            plan, where / host, host, hosts, data, checkpoints, bin_dir, hosts_file, extra_env
+        )
         for host in reversed(hosts)  # the workers first: their master does not resolve yet
     ]
     timer = threading.Timer(2.0, lambda: hosts_file.write_text("\n".join(hosts)))
@@ -550,6 +562,10 @@ def test_two_nodes_of_two_processes_train_resume_and_download(
     assert manifest["image"]["torch_expected"] == "2.10.0"
     assert "expected to have torch 2.10.0, but torch" in manifest["image"]["warning"]
     assert not (tmp_path / "run1" / "algo-2" / "opt" / "ml" / "model" / "manifest.json").exists()
+    # an image without boto3 cannot list the channels: their files were hashed, and it says so
+    train = manifest["data"]["inputs"]["train"]
+    assert train["listing_unused"] == "boto3 is not installed in the job's image"
+    assert "boto3 is not installed" in first[0].stderr + first[1].stderr
 
     # spot preemption after epoch 1: fresh instances, checkpoints synced down from S3
     (s3_checkpoints / "epoch-0002.safetensors").unlink()
@@ -583,6 +599,65 @@ def test_two_nodes_of_two_processes_train_resume_and_download(
     )
     with pytest.raises(InflameError, match="not empty"):
         download(record, tmp_path / "downloaded")
+
+
+@pytest.fixture(scope="module")
+def dlc_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SageMaker PyTorch image: the image's packages and boto3, which every SageMaker
+    training image carries (the sagemaker-training toolkit requires it)."""
+    return make_image_python(tmp_path_factory.mktemp("dlc") / "venv", extra=("boto3",))
+
+
+def test_the_job_fingerprints_its_channels_from_the_s3_listing(
+    sm_spec, demo_set: Path, tmp_path: Path, dlc_python: Path
+):
+    from moto.server import ThreadedMotoServer
+
+    plan = plan_submission(sm_spec(hyperparameters={"epochs": 1}), "sagemaker")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        endpoint = "http://{}:{}".format(*server.get_host_and_port())
+        credentials = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        s3 = boto3.client("s3", endpoint_url=endpoint, **_client_keys(credentials))
+        s3.create_bucket(Bucket=BUCKET)
+        expected = {}
+        for name in ("train", "val"):
+            for path in sorted((demo_set / name).rglob("*")):
+                if path.is_file():
+                    relative = path.relative_to(demo_set / name).as_posix()
+                    s3.put_object(
+                        Bucket=BUCKET, Key=f"data/{name}/{relative}", Body=path.read_bytes()
+                    )
+                    if name == "train":
+                        expected[relative] = f"s3-etag:{hashlib.md5(path.read_bytes()).hexdigest()}"
+        env = {**credentials, "AWS_ENDPOINT_URL_S3": endpoint}  # the role's, in SageMaker
+        results = run_sagemaker_job(
+            plan, demo_set, tmp_path / "run", tmp_path / "ckpt", dlc_python, env
+        )
+    finally:
+        server.stop()
+    assert_all_ok(results)
+    manifest = json.loads(
+        (tmp_path / "run" / "algo-1" / "opt" / "ml" / "model" / "manifest.json").read_text()
+    )
+    assert manifest["status"] == "completed"
+    train = manifest["data"]["inputs"]["train"]
+    assert train["checksums"] == f"S3 ETag from the listing of s3://{BUCKET}/data/train"
+    assert train["files"] == expected and "listing_unused" not in train
+    assert "note: hashing" not in results[0].stderr
+
+
+def _client_keys(credentials: dict[str, str]) -> dict[str, str]:
+    return {
+        "aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": credentials["AWS_SECRET_ACCESS_KEY"],
+        "region_name": credentials["AWS_DEFAULT_REGION"],
+    }
 
 
 def test_a_master_that_never_resolves_fails_clearly():

@@ -390,6 +390,9 @@ def test_two_nodes_of_two_processes_train_resume_and_download(
     # one process per GPU on every node: Vertex's RANK/WORLD_SIZE (per node) decided nothing
     assert manifest["status"] == "completed" and manifest["world_size"] == 4
     assert manifest["platform"] == "vertex" and manifest["image"]["torch_expected"] == "2.4"
+    # no google-cloud-storage in this image: the inputs' files were hashed, and it says why
+    train = manifest["data"]["inputs"]["train"]
+    assert train["listing_unused"] == "google-cloud-storage is not installed in the job's image"
 
     # preempted after epoch 1: the restarted job resumes from AIP_CHECKPOINT_DIR
     (base / "checkpoints" / "epoch-0002.safetensors").unlink()

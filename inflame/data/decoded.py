@@ -248,10 +248,9 @@ def cached_images(
     entry would not fit."""
     if not cache_enabled():
         return None, None
-    from inflame.fingerprint import FingerprintCache
-    from inflame.hashing import tree_hashes
+    from inflame.data.listing import content_ids
 
-    digests = tree_hashes(root, cache=FingerprintCache.default())
+    digests, _ = content_ids(root)
     key = entry_key(root, samples, digests, side, max_pixels)
     try:
         return key, find_entry(key) or build_entry(key, root, samples, side, max_pixels)

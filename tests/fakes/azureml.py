@@ -8,9 +8,12 @@ ML's documented rules gets 400 UserError, and compute clusters have a VM size an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
+from base64 import b64encode
+from hashlib import md5
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,7 @@ class FakeAzureML:
         self.blobs: dict[str, bytes] = {}  # code uploads, by path
         # blobs behind the workspace datastores, by (container, name)
         self.store: dict[tuple[str, str], bytes] = {}
+        self.without_md5: set[str] = set()  # blobs stored without Content-MD5 (block uploads)
         # compute clusters: name -> (VM size, "Dedicated" or "LowPriority")
         self.clusters: dict[str, tuple[str, str]] = {
             "gpu-cluster": ("Standard_NC24ads_A100_v4", "Dedicated")
@@ -96,7 +100,14 @@ class FakeAzureML:
                     items = "".join(
                         f"<Blob><Name>{escape(name)}</Name><Properties><Content-Length>"
                         f"{len(data)}</Content-Length><BlobType>BlockBlob</BlobType>"
-                        "</Properties></Blob>"
+                        f"<Etag>0x{hashlib.sha1(data).hexdigest()[:15].upper()}</Etag>"
+                        + (  # Put Blob stores one; uploads in blocks have none
+                            ""
+                            if name in fake.without_md5
+                            else f"<Content-MD5>{b64encode(md5(data).digest()).decode()}"
+                            "</Content-MD5>"
+                        )
+                        + "</Properties></Blob>"
                         for (c, name), data in sorted(fake.store.items())
                         if c == container and name.startswith(prefix)
                     )

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import google_crc32c
+
 from inflame.errors import InflameError
 from inflame.targets.vertex import validate_request
 
@@ -31,6 +33,8 @@ class FakeGCP:
         self.log_entries: list[dict[str, Any]] = []  # Cloud Logging entries, with job_id
         self.requests: list[tuple[str, str, bytes]] = []
         self.fail_next: dict[str, int] = {}  # path regex -> how many 503 answers
+        self.composite: set[str] = set()  # object names stored by compose (no md5Hash)
+        self.page_size = 1000  # objects per listing page at most
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,14 +55,17 @@ class FakeGCP:
             def _object(self, bucket: str, name: str) -> dict[str, Any]:
                 path = fake.root / bucket / name
                 data = path.read_bytes()
-                return {
+                found = {
                     "kind": "storage#object",
                     "bucket": bucket,
                     "name": name,
                     "size": str(len(data)),
                     "generation": "1",
-                    "md5Hash": base64.b64encode(hashlib.md5(data).digest()).decode(),
+                    "crc32c": base64.b64encode(google_crc32c.Checksum(data).digest()).decode(),
                 }
+                if name not in fake.composite:  # composed objects have no md5Hash
+                    found["md5Hash"] = base64.b64encode(hashlib.md5(data).digest()).decode()
+                return found
 
             def _overloaded(self) -> bool:
                 for pattern, count in fake.fail_next.items():
@@ -85,8 +92,17 @@ class FakeGCP:
                         if base.is_dir()
                         else []
                     )
-                    items = [self._object(bucket, n) for n in names if n.startswith(prefix)]
-                    return self._reply(200, {"kind": "storage#objects", "items": items})
+                    names = [n for n in names if n.startswith(prefix)]
+                    # pages of at most maxResults (GCS: 1,000), continued by pageToken
+                    size = min(int(query.get("maxResults", ["1000"])[0]), fake.page_size)
+                    start = int(query.get("pageToken", ["0"])[0])
+                    page = {
+                        "kind": "storage#objects",
+                        "items": [self._object(bucket, n) for n in names[start : start + size]],
+                    }
+                    if start + size < len(names):
+                        page["nextPageToken"] = str(start + size)
+                    return self._reply(200, page)
                 obj = re.match(r"^/(?:download/)?storage/v1/b/([^/]+)/o/(.+)$", parts.path)
                 if obj:
                     bucket, name = obj.group(1), unquote(obj.group(2))
