@@ -63,8 +63,16 @@ def _root(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Show the traceback of an unexpected error."),
+    ] = False,
 ) -> None:
     """One TOML job spec, one PyTorch training app, every place it can run."""
+    if debug:
+        from inflame.crashlog import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"
 
 
 @app.command()
@@ -200,7 +208,7 @@ def predict(
     failed = total = 0
     for result in predictor.predict(images, top_k=top_k, batch_size=batch_size):
         total += 1
-        print(json.dumps(result), flush=True)
+        print(json.dumps(result, allow_nan=False), flush=True)  # NaN is not JSON
         if "error" in result:
             failed += 1
             print(f"error: {result['error']}", file=sys.stderr)
@@ -666,11 +674,24 @@ def download(
 
 
 def main() -> None:
-    """Console entry point: user errors become one paragraph on stderr, no traceback."""
+    """Console entry point: user errors become one paragraph on stderr, no traceback; an
+    unexpected error becomes one paragraph and a crash log (`inflame.crashlog`)."""
     try:
-        app()
+        app()  # usage errors and Ctrl-C outside a run: typer's own messages and exit codes
     except InflameError as exc:
-        from rich.markup import escape
-
-        _stderr().print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=False)
+        _print_error(str(exc))
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        from inflame import crashlog
+
+        if crashlog.debugging():
+            raise
+        log = crashlog.write_crash_log(exc, sys.argv)
+        _print_error(crashlog.unexpected_message(exc, log))
+        sys.exit(crashlog.EXIT_CODE)
+
+
+def _print_error(message: str) -> None:
+    from rich.markup import escape
+
+    _stderr().print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=False)

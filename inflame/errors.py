@@ -35,3 +35,9 @@ class RunInterrupted(InflameError):
     """The user stopped a run (Ctrl-C); it can be resumed."""
 
     exit_code = 130
+
+
+class RunTerminated(RunInterrupted):
+    """SIGTERM stopped a run (spot preemption, `docker stop`, `kill`); it can be resumed."""
+
+    exit_code = 143  # 128 + SIGTERM, as a shell reports it

@@ -7,19 +7,21 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from inflame.apps import APP_FILE, App, find_app
 from inflame.data.listing import adopt_listing
-from inflame.errors import InflameError, RunError, RunInterrupted
+from inflame.errors import InflameError, RunError, RunInterrupted, RunTerminated
 from inflame.hashing import sha256_file, tree_digest
 from inflame.jobprep import PreparedJob, prepare_job
+from inflame.runlock import LOCK_FILE, RunLock
 from inflame.runs import (
     MANIFEST,
     SPEC_FILE,
@@ -42,8 +44,13 @@ from inflame.runtime import (
     require_local_data,
 )
 from inflame.spec import JobSpec, load_spec
+from inflame.stopping import STOP_FILE_ENV, Terminated, on_sigterm
 from inflame.targets.base import IMAGE_ENV, IMAGE_TORCH_ENV, JobPaths, same_torch
 
+# how long stopping processes may take (the platforms allow about 30 s to 2 min)
+STOP_GRACE_S = 60.0
+STOP_FILE = ".stop"  # written by the parent of a multi-process run to stop its processes
+STOPPED_FILE = ".stopped.json"  # written by rank 0 when it stopped at a safe point
 EXTRA_INPUTS = ".extra_inputs.json"  # rank 0 of a multi-process run hands these to the parent
 # Manifest keys the launcher owns; an app's `ctx.record` may not overwrite them.
 _OWNED_KEYS = frozenset(
@@ -190,11 +197,23 @@ def _recorded(
     write_json_atomic(run_dir / MANIFEST, manifest)
     try:
         yield
-    except KeyboardInterrupt:
-        manifest.update(status="interrupted", finished=utc_now())
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        manifest.update(
+            status="interrupted",
+            finished=utc_now(),
+            stopped_by="SIGTERM" if terminated else "SIGINT",
+            resume_command=resume_hint.partition("`")[2].rstrip("`") or None,
+        )
         write_json_atomic(run_dir / MANIFEST, manifest)
+        if terminated:
+            raise RunTerminated(
+                f"Stopped by SIGTERM (preemption, `docker stop` or `kill`): {exc}. Every "
+                f"completed epoch's checkpoint is on disk; {resume_hint}."
+            ) from None
+        where = f" ({exc})" if str(exc) else ""
         raise RunInterrupted(
-            f"Interrupted. The run keeps its last checkpoint; {resume_hint}."
+            f"Interrupted{where}. The run keeps its last checkpoint; {resume_hint}."
         ) from None
     except BaseException as exc:
         manifest.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
@@ -211,7 +230,7 @@ def _execute(
     from inflame.training.seeding import seed_everything
 
     extra = {"world_size": ctx.world_size} if ctx.world_size > 1 else {}
-    with _recorded(run_dir, manifest, resume_hint, write=ctx.is_main, **extra):
+    with on_sigterm(), _recorded(run_dir, manifest, resume_hint, write=ctx.is_main, **extra):
         from inflame.training.fastpath import deterministic_env
 
         deterministic_env(ctx.performance)
@@ -268,8 +287,8 @@ def _execute_torchrun(
         str(run_dir),
         str(spec_dir),
     ]
-    with _recorded(run_dir, manifest, resume_hint, world_size=nproc_per_node):
-        code = subprocess.call(command)
+    with on_sigterm(), _recorded(run_dir, manifest, resume_hint, world_size=nproc_per_node):
+        code = _run_torchrun(command, run_dir)
         if code != 0:
             raise RunError(
                 f"A training process of {run_dir} failed (exit code {code}); its "
@@ -279,6 +298,44 @@ def _execute_torchrun(
     inputs = json.loads(recorded.read_text()) if recorded.is_file() else {}
     recorded.unlink(missing_ok=True)
     return _finish(run_dir, manifest, inputs)
+
+
+def _run_torchrun(command: list[str], run_dir: Path) -> int:
+    """Run torchrun in its own session and wait. On Ctrl-C or SIGTERM here, the stop file
+    asks every process to stop at its next safe point (all at the same batch); they get
+    STOP_GRACE_S, then the session is killed. A stop, asked here or by a signal the
+    processes got themselves, is re-raised here with where they stopped."""
+    stop_file, stopped_file = run_dir / STOP_FILE, run_dir / STOPPED_FILE
+    stop_file.unlink(missing_ok=True)
+    stopped_file.unlink(missing_ok=True)
+    env = {**os.environ, STOP_FILE_ENV: str(stop_file.absolute())}
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    interrupt: KeyboardInterrupt | None = None
+    try:
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt as exc:
+            interrupt = exc
+            stop_file.write_text("SIGTERM" if isinstance(exc, Terminated) else "SIGINT")
+            try:
+                code = proc.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                print(f"The processes did not stop within {STOP_GRACE_S:.0f} s", file=sys.stderr)
+                code = -1
+    finally:  # also on a second Ctrl-C: no process outlives this one
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        stop_file.unlink(missing_ok=True)
+    if stopped_file.is_file():
+        stopped = json.loads(stopped_file.read_text(encoding="utf-8"))
+        stopped_file.unlink()
+        if stopped.get("signal") == "SIGINT":
+            raise KeyboardInterrupt(stopped.get("message", ""))
+        raise Terminated(stopped.get("message", ""))
+    if interrupt is not None:
+        raise interrupt
+    return code
 
 
 def train_local(
@@ -292,12 +349,30 @@ def train_local(
     nproc_per_node: int | None = None,
 ) -> TrainResult:
     """Run the spec's app here (in `nproc_per_node` DDP processes when > 1); return the run
-    directory and its final manifest."""
+    directory and its final manifest. The run folder is locked (`RunLock`) from before its
+    first write until the run ends."""
+    with ExitStack() as held:
+        return _train_local(
+            held, spec_path, overrides, run_dir, resume, runs_root, argv, nproc_per_node
+        )
+
+
+def _train_local(
+    held: ExitStack,
+    spec_path: str | Path | None,
+    overrides: Sequence[str],
+    run_dir: str | Path | None,
+    resume: str | Path | None,
+    runs_root: Path | None,
+    argv: Sequence[str] | None,
+    nproc_per_node: int | None,
+) -> TrainResult:
     runs_root = runs_root or default_runs_root()
     previous: dict[str, Any] | None = None
     resume_dir: Path | None = None
     if resume is not None:
         resume_dir = resolve_run(resume, runs_root)
+        held.enter_context(RunLock(resume_dir))  # before reading what another may be writing
         previous = read_manifest(resume_dir)
         spec_path = spec_path or resume_dir / SPEC_FILE
     if spec_path is None:
@@ -332,14 +407,21 @@ def train_local(
     else:
         if run_dir is not None:
             target = Path(run_dir)
-            if target.exists() and any(target.iterdir()):
+            if target.exists() and any(p.name != LOCK_FILE for p in target.iterdir()):
                 raise RunError(
                     f"--run-dir {target} exists and is not empty; choose a new "
                     "folder (or --resume it if it is a run)."
                 )
             target.mkdir(parents=True, exist_ok=True)
+            held.enter_context(RunLock(target))
+            if any(p.name != LOCK_FILE for p in target.iterdir()):  # filled while we looked
+                raise RunError(
+                    f"--run-dir {target} was filled by another process while this one "
+                    "started; choose a new folder."
+                )
         else:
             target = new_run_dir(runs_root, spec.job.name, spec.resolved_sha256)
+            held.enter_context(RunLock(target))
         spec_dir = spec.folder
         manifest = _new_manifest(spec, app, data, overrides, argv)
         (target / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")

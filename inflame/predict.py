@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from inflame.data.images import MAX_PIXELS, UnreadableImage, is_image_file
-from inflame.errors import InflameError
+from inflame.errors import InflameError, RunError
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,32 @@ def collect_images(inputs: Sequence[str | Path]) -> list[ImageInput]:
     return found
 
 
+def verify_model_files(run_dir: Path) -> None:
+    """Every file of `run_dir/model` must have the sha256 the manifest recorded when the run
+    finished: a model changed after training is never served silently."""
+    from inflame.hashing import sha256_file
+    from inflame.runs import MANIFEST, read_manifest
+
+    if not (run_dir / MANIFEST).is_file():
+        return  # a bare model folder: its weights still carry their own digest
+    recorded = read_manifest(run_dir).get("outputs") or {}
+    for name, digest in sorted(recorded.items()):
+        path = run_dir / "model" / name
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            raise RunError(
+                f"Cannot read {path} ({exc.strerror}), which the run recorded in "
+                f"{run_dir / MANIFEST}. Restore it, or train the run again."
+            ) from None
+        if actual != digest:
+            raise RunError(
+                f"{path} has changed since the run finished: its sha256 is {actual[:12]}…, "
+                f"but {run_dir / MANIFEST} recorded {digest[:12]}… (outputs.{name}). A changed "
+                "model is not used. Restore the file, or train the run again."
+            )
+
+
 class Predictor:
     """A trained image classifier, rebuilt from a run directory alone."""
 
@@ -51,6 +77,8 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
+        """The run's model, after checking its files against the sha256s the run recorded."""
+        verify_model_files(Path(run_dir))
         return cls(Path(run_dir) / "model", device)
 
     def predict(
@@ -94,10 +122,19 @@ class Predictor:
             k = min(top_k or 1, len(self.classes))
             ranked = probabilities.topk(k, dim=1)
             rows = iter(zip(ranked.values.tolist(), ranked.indices.tolist(), strict=True))
+            finite = torch.isfinite(probabilities).all(dim=1).tolist()
+            position = 0
             for result in results:
                 if "error" in result:
                     continue
                 values, indices = next(rows)
+                position += 1
+                if not finite[position - 1]:
+                    result["error"] = (
+                        f"{result['image']}: the model's output is not a number (NaN or "
+                        "infinity); its weights are damaged or training diverged"
+                    )
+                    continue
                 result["label"] = self.classes[indices[0]]
                 result["probability"] = round(values[0], 4)
                 if top_k is not None:

@@ -11,17 +11,19 @@ other's (tests check both).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 _MAX_HEADER = 100 * 1024 * 1024  # the library's own limit
+DIGEST_KEY = "inflame.sha256"  # metadata: sha256 of the header (less this key) and the data
 # The library's Dtype enum order: it writes tensors by dtype, last in this list first, then
 # by name (which also keeps every tensor aligned to its item size).
 _DTYPE_ORDER = (
@@ -57,10 +59,27 @@ class TensorFileError(ValueError):
     """The file is not a well-formed safetensors file."""
 
 
+def _digest(header: Mapping[str, Any], data: Iterable[bytes | bytearray | memoryview]) -> str:
+    """sha256 over the header (less the digest itself, as canonical JSON) and the data."""
+    canonical = dict(header)
+    metadata = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != DIGEST_KEY}
+    canonical["__metadata__"] = metadata
+    hasher = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode())
+    for part in data:
+        hasher.update(part)
+    return hasher.hexdigest()
+
+
 def save_tensors(
-    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+    tensors: Mapping[str, torch.Tensor],
+    path: str | Path,
+    metadata: Mapping[str, str] | None = None,
+    *,
+    digest: bool = False,
 ) -> None:
-    """Write `tensors` (and string metadata) to `path` in the safetensors format."""
+    """Write `tensors` (and string metadata) to `path` in the safetensors format. With
+    `digest`, the metadata also holds the sha256 of the header and the data (DIGEST_KEY),
+    which `load_tensors` checks: a changed bit anywhere is found."""
     import torch
 
     codes = {dtype: code for code, dtype in _dtypes().items()}
@@ -84,6 +103,10 @@ def save_tensors(
         }
         blobs.append(memoryview(raw))
         offset += size
+    if digest:
+        metadata = dict(header.get("__metadata__") or {})  # type: ignore[call-overload]
+        metadata[DIGEST_KEY] = _digest(header, blobs)
+        header["__metadata__"] = metadata
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-(8 + len(encoded)) % 8)
     with open(path, "wb") as handle:
@@ -126,6 +149,12 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         data = bytearray(size - start)  # read once, straight into the tensors' memory
         if handle.readinto(data) != len(data):
             raise TensorFileError("the file changed while it was read")
+    recorded = (header.get("__metadata__") or {}).get(DIGEST_KEY)
+    if recorded is not None and _digest(header, [data]) != recorded:
+        raise TensorFileError(
+            "its content does not match the sha256 digest it was written with (a changed "
+            "or damaged file)"
+        )
     tensors: dict[str, torch.Tensor] = {}
     end_of_data = 0
     for name, entry in sorted(

@@ -202,7 +202,7 @@ def save_classifier(
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS_FILE
     tmp = weights.with_name(f".{WEIGHTS_FILE}.tmp")
-    save_tensors(tensors, tmp)
+    save_tensors(tensors, tmp, digest=True)
     os.replace(tmp, weights)
     meta = {
         "format": MODEL_FORMAT,
@@ -229,12 +229,24 @@ def load_classifier(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             f"{folder} holds no trained model ({META_FILE} and {WEIGHTS_FILE}). "
             "Is the run finished? `inflame runs` lists runs and their status."
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != MODEL_FORMAT:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        message = f"{meta_path} cannot be read ({exc}); the model folder is damaged."
+        raise RunError(message) from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise RunError(f"{meta_path} is not an inflame image classifier (format {found!r}).")
+    try:
+        model = build_classifier(meta["architecture"], len(meta["classes"]))
+        model.load_state_dict(load_tensors(weights))  # checks the weights' own digest
+    except InflameError:
+        raise
+    except Exception as exc:  # damaged weights, or a model.json that does not match them
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RunError(
-            f"{meta_path} is not an inflame image classifier (format {meta.get('format')!r})."
-        )
-    model = build_classifier(meta["architecture"], len(meta["classes"]))
-    model.load_state_dict(load_tensors(weights))
+            f"The model in {folder} cannot be loaded: {reason}. The folder is damaged or was "
+            "changed after training; restore it, or train the run again."
+        ) from None
     model.eval()
     return model, meta

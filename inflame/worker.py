@@ -9,16 +9,18 @@ the model; the parent finishes the manifest.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from inflame.errors import InflameError
+from inflame.stopping import Terminated, on_sigterm
 
 
 def main() -> None:
     run_dir, spec_dir = Path(sys.argv[1]), Path(sys.argv[2])
     from inflame.jobprep import prepare_job
-    from inflame.launcher import EXTRA_INPUTS, handoff
+    from inflame.launcher import EXTRA_INPUTS, STOPPED_FILE, handoff
     from inflame.runs import SPEC_FILE
     from inflame.runtime import local_context
     from inflame.training.distributed import close_distributed, init_distributed
@@ -34,7 +36,8 @@ def main() -> None:
         init_distributed(ctx)
         seed_everything(ctx.seed)  # the same initial weights in every process
         try:
-            job.app.train(ctx)
+            with on_sigterm():
+                job.app.train(ctx)
             if ctx.is_main:  # for the parent's manifest
                 (run_dir / EXTRA_INPUTS).write_text(json.dumps(handoff(ctx)))
         finally:
@@ -42,6 +45,14 @@ def main() -> None:
     except InflameError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt as exc:  # stopped at a safe point: the parent records it
+        if os.environ.get("RANK", "0") == "0":
+            stopped = {"signal": "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"}
+            if isinstance(exc, Terminated):
+                stopped["signal"] = str(exc).partition(" ")[0] or "SIGTERM"
+            stopped["message"] = str(exc)
+            (run_dir / STOPPED_FILE).write_text(json.dumps(stopped), encoding="utf-8")
+        raise SystemExit(0) from None  # torchrun then ends quietly; the parent decides
 
 
 if __name__ == "__main__":

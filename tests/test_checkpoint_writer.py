@@ -104,7 +104,7 @@ def test_fit_returns_with_every_checkpoint_on_disk(tmp_path: Path, monkeypatch):
 
 
 def test_a_write_that_fails_midway_leaves_no_temporary_file(tmp_path: Path, monkeypatch):
-    def half_then_fail(tensors, path, metadata=None):
+    def half_then_fail(tensors, path, metadata=None, digest=False):
         Path(path).write_bytes(b"half a checkpoint")
         raise OSError(28, "No space left on device")
 

@@ -6,9 +6,11 @@ renamed, so a kill at any moment leaves either the old set of checkpoints or the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +120,7 @@ def write_snapshot(
     target = checkpoint_path(folder, epoch)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        save_tensors(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
+        save_tensors(tensors, tmp, metadata={_META_KEY: json.dumps(meta)}, digest=True)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -130,6 +132,17 @@ def write_snapshot(
         if old != epoch:
             path.unlink(missing_ok=True)
     return target
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete checkpoint temp files a killed writer left (only the folder's one writer may
+    call this, before it writes). Returns what was removed."""
+    removed = []
+    for path in folder.glob(".epoch-*.safetensors.tmp-*") if folder.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def save_checkpoint(folder: Path, state: TrainingState, keep: int = 2) -> Path:
@@ -179,15 +192,23 @@ class CheckpointWriter:
             ) from error
 
 
+class DamagedCheckpoint(RunError):
+    """A checkpoint that does not read back intact."""
+
+    def __init__(self, path: Path, cause: Exception):
+        super().__init__(
+            f"Cannot read checkpoint {path}: {cause}. Delete it to resume from the "
+            "checkpoint before it."
+        )
+        self.cause = cause
+
+
 def load_checkpoint(path: Path) -> TrainingState:
     try:
         meta = json.loads(read_metadata(path)[_META_KEY])
-        tensors = load_tensors(path)
+        tensors = load_tensors(path)  # checks the digest the file was written with
     except Exception as exc:  # a foreign or damaged file
-        raise RunError(
-            f"Cannot read checkpoint {path}: {exc}. Delete it to resume from the "
-            "checkpoint before it."
-        ) from None
+        raise DamagedCheckpoint(path, exc) from None
 
     def group(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -211,8 +232,34 @@ def load_checkpoint(path: Path) -> TrainingState:
 
 
 def latest_checkpoint(folder: Path) -> TrainingState | None:
+    """The newest checkpoint that reads back intact. Damaged newer ones (a digest or format
+    that does not check) are renamed `*.damaged`, with a warning; when none is intact, a
+    RunError (nothing is renamed, nothing starts over silently)."""
     found = list_checkpoints(folder)
-    return load_checkpoint(found[-1][1]) if found else None
+    damaged: list[tuple[Path, DamagedCheckpoint]] = []
+    for _, path in reversed(found):
+        try:
+            state = load_checkpoint(path)
+        except DamagedCheckpoint as exc:
+            damaged.append((path, exc))
+            continue
+        for bad, exc in damaged:
+            aside = bad.with_name(bad.name + ".damaged")
+            with contextlib.suppress(OSError):
+                os.replace(bad, aside)
+            print(
+                f"warning: checkpoint {bad.name} is damaged ({exc.cause}); moved it to "
+                f"{aside.name}, resuming from {path.name} instead",
+                file=sys.stderr,
+            )
+        return state
+    if damaged:
+        listed = "; ".join(f"{p.name} ({exc.cause})" for p, exc in damaged)
+        raise RunError(
+            f"Cannot read checkpoint: every checkpoint in {folder} is damaged: {listed}. "
+            "Restore one, or delete them to train from the start."
+        )
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:

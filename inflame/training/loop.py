@@ -21,11 +21,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from inflame import stopping
 from inflame.errors import InflameError
 from inflame.performance import Performance
 from inflame.runtime import Context
 from inflame.training import fastpath
-from inflame.training.checkpoint import CheckpointWriter, TrainingState, latest_checkpoint
+from inflame.training.checkpoint import (
+    CheckpointWriter,
+    TrainingState,
+    latest_checkpoint,
+    remove_stale_temps,
+)
 from inflame.training.distributed import all_reduce_sum, barrier
 from inflame.training.loading import EpochOrder, auto_workers, make_loader
 from inflame.training.progress import Reporter, make_reporter
@@ -138,6 +144,9 @@ def fit(
         )
 
     scaler = fast.scaler()
+    if ctx.is_main:  # a killed write leaves a temp file as large as a checkpoint
+        for stale in remove_stale_temps(ctx.checkpoint_dir):
+            reporter.message(f"removed {stale.name}, left by a write that was stopped")
     state = latest_checkpoint(ctx.checkpoint_dir)
     if state is not None:
         model.load_state_dict(state.model)
@@ -206,66 +215,67 @@ def fit(
     reporter.start(epochs, state.epoch, batches)
     writer = CheckpointWriter()
     try:
-        for epoch in range(state.epoch, epochs):
-            if state.stopped_early:
-                break
-            _seed_epoch(ctx.seed, epoch, ctx.rank)
-            if distributed and epoch > state_epoch_at_start:
-                # DDP regroups its gradient buckets after its first step, which changes the
-                # order of the sums across processes; a fresh wrapper per epoch makes every
-                # epoch start as a resumed one does, so a resumed run ends bit-identical
-                step.net = wrap()
-            train_order.set_epoch(epoch)
-            train_stats = step.epoch(train_loader, optimizer, scaler, "train", batches, epoch)
-            metrics: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "train_loss": train_stats.loss,
-                "train_accuracy": train_stats.accuracy,
-            }
-            if val_loader is not None:
-                val_stats = step.epoch(val_loader, None, None, "val", len(val_loader), epoch)
-                metrics["val_loss"] = val_stats.loss
-                metrics["val_accuracy"] = val_stats.accuracy
-            metrics["learning_rate"] = optimizer.param_groups[0]["lr"]
-            if scheduler is not None:
-                scheduler.step()
+        with stopping.safe_points():  # SIGTERM stops between batches
+            for epoch in range(state.epoch, epochs):
+                if state.stopped_early:
+                    break
+                _seed_epoch(ctx.seed, epoch, ctx.rank)
+                if distributed and epoch > state_epoch_at_start:
+                    # DDP regroups its gradient buckets after its first step, which changes the
+                    # order of the sums across processes; a fresh wrapper per epoch makes every
+                    # epoch start as a resumed one does, so a resumed run ends bit-identical
+                    step.net = wrap()
+                train_order.set_epoch(epoch)
+                train_stats = step.epoch(train_loader, optimizer, scaler, "train", batches, epoch)
+                metrics: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "train_loss": train_stats.loss,
+                    "train_accuracy": train_stats.accuracy,
+                }
+                if val_loader is not None:
+                    val_stats = step.epoch(val_loader, None, None, "val", len(val_loader), epoch)
+                    metrics["val_loss"] = val_stats.loss
+                    metrics["val_accuracy"] = val_stats.accuracy
+                metrics["learning_rate"] = optimizer.param_groups[0]["lr"]
+                if scheduler is not None:
+                    scheduler.step()
 
-            if monitor in metrics:
-                score = metrics[monitor]
-            elif val_data is None:  # nothing to validate on: train loss decides
-                score, minimize = metrics["train_loss"], True
-            else:
-                raise InflameError(
-                    f"Cannot monitor `{monitor}`: each epoch reports {', '.join(metrics)}."
-                )
-            if _is_better(score, state.best_score, minimize):
-                state.best_score, state.best_epoch = score, epoch + 1
-                state.bad_epochs = 0
-                best_state = _state_copy(model)
-            else:
-                state.bad_epochs += 1
-            if early_stopping_patience and state.bad_epochs >= early_stopping_patience:
-                state.stopped_early = True
+                if monitor in metrics:
+                    score = metrics[monitor]
+                elif val_data is None:  # nothing to validate on: train loss decides
+                    score, minimize = metrics["train_loss"], True
+                else:
+                    raise InflameError(
+                        f"Cannot monitor `{monitor}`: each epoch reports {', '.join(metrics)}."
+                    )
+                if _is_better(score, state.best_score, minimize):
+                    state.best_score, state.best_epoch = score, epoch + 1
+                    state.bad_epochs = 0
+                    best_state = _state_copy(model)
+                else:
+                    state.bad_epochs += 1
+                if early_stopping_patience and state.bad_epochs >= early_stopping_patience:
+                    state.stopped_early = True
 
-            metrics["images_per_second"] = train_stats.seen / max(train_stats.seconds, 1e-9)
-            metrics["seconds"] = train_stats.seconds
-            history.append(metrics)
-            ctx.log_metrics(metrics)  # committed by the checkpoint below
-            state.epoch = epoch + 1
-            state.model = model.state_dict()
-            state.optimizer = optimizer.state_dict()
-            state.scheduler = scheduler.state_dict() if scheduler is not None else None
-            state.scaler = scaler.state_dict() if scaler.is_enabled() else None
-            state.best_model = None if state.best_epoch == epoch + 1 else best_state
-            state.history = history
-            if ctx.is_main:  # copied now, written on a background thread
-                writer.submit(ctx.checkpoint_dir, state, keep=keep_checkpoints)
-            reporter.epoch_end(epoch + 1, metrics)
-            if state.stopped_early:
-                reporter.message(
-                    f"early stopping: `{monitor}` did not improve for "
-                    f"{early_stopping_patience} epochs; best epoch {state.best_epoch}"
-                )
+                metrics["images_per_second"] = train_stats.seen / max(train_stats.seconds, 1e-9)
+                metrics["seconds"] = train_stats.seconds
+                history.append(metrics)
+                ctx.log_metrics(metrics)  # committed by the checkpoint below
+                state.epoch = epoch + 1
+                state.model = model.state_dict()
+                state.optimizer = optimizer.state_dict()
+                state.scheduler = scheduler.state_dict() if scheduler is not None else None
+                state.scaler = scaler.state_dict() if scaler.is_enabled() else None
+                state.best_model = None if state.best_epoch == epoch + 1 else best_state
+                state.history = history
+                if ctx.is_main:  # copied now, written on a background thread
+                    writer.submit(ctx.checkpoint_dir, state, keep=keep_checkpoints)
+                reporter.epoch_end(epoch + 1, metrics)
+                if state.stopped_early:
+                    reporter.message(
+                        f"early stopping: `{monitor}` did not improve for "
+                        f"{early_stopping_patience} epochs; best epoch {state.best_epoch}"
+                    )
         writer.wait()  # the last checkpoint is on disk before fit returns
     finally:
         reporter.close()
@@ -360,6 +370,11 @@ class _Stepper:
                     checked = done
                     shown = (total / seen, int(correct.item()) / seen)
                 self.reporter.batch(n, *shown)
+                if self._stop_requested(done):
+                    raise stopping.Terminated(
+                        f"{stopping.reason()} arrived; stopped after {phase} batch "
+                        f"{done}/{batches} of epoch {epoch + 1}"
+                    )
         stats = _EpochStats(float(loss_sum.item()), int(correct.item()), seen)
         if not math.isfinite(stats.loss_sum):
             self._diverged(phase, epoch, f"batches {checked + 1}-{done}", stats.loss)
@@ -370,6 +385,15 @@ class _Stepper:
             )
             stats.correct, stats.seen = int(n_correct), int(n_seen)
         return stats
+
+    def _stop_requested(self, done: int) -> bool:
+        """SIGTERM asked to stop (a safe point: the step is complete). All processes of a
+        distributed run agree at the same batch, at their sync points."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return stopping.requested()
+        if done % self.sync_every:
+            return False
+        return all_reduce_sum([float(stopping.requested())], self.fast.device)[0] > 0
 
     def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not self.fast.compile:
