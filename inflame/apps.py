@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from inflame.errors import InflameError, SpecError, did_you_mean
-from inflame.hparams import HParam
+from inflame.hparams import HParam, check_declarations
 
 APP_FILE = "app.py"
 ZOO_ENV = "INFLAME_MODEL_ZOO"
@@ -102,6 +102,7 @@ def load_app(ref: str) -> App:
             raise InflameError(
                 f"App {file}: HPARAMS must hold inflame.HParam objects, found {bad[0]!r}."
             )
+        check_declarations(declared, str(file))
     return App(name=name, folder=folder, file=file, module=module, hparams=declared)
 
 

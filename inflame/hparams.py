@@ -7,6 +7,7 @@ in the middle of training.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from inflame.errors import SpecError, did_you_mean
 
 _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str", list: "list"}
+MAX_INT = 2**53  # larger integers lose precision in JSON and floats; no count is that large
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,45 @@ class HParam:
         else:
             got = _TYPE_NAMES.get(type(value), type(value).__name__)
             raise ValueError(f"must be of type {self.type_name}, got {got} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ValueError(f"is {value}, beyond what any run can use (at most {MAX_INT})")
         if self.choices is not None and value not in self.choices:
             options = ", ".join(repr(c) for c in self.choices)
             raise ValueError(f"must be one of {options}, got {value!r}")
         if self.check is not None:
             self.check(value)
         return value
+
+
+def between(low: float, high: float) -> Callable[[float], None]:
+    """A `check` for HParam: low <= value <= high."""
+
+    def check(value: float) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value!r}")
+
+    return check
+
+
+def check_declarations(declared: Sequence[HParam], where: str) -> None:
+    """An app's own HPARAMS must be sound: unique names, and defaults its declarations
+    accept (None is allowed: "not set"). Raises SpecError naming the app file."""
+    seen: set[str] = set()
+    for param in declared:
+        if param.name in seen:
+            raise SpecError(f"App {where}: hyperparameter `{param.name}` is declared twice.")
+        seen.add(param.name)
+        if param.default is None:
+            continue
+        try:
+            param.coerce(param.default)
+        except ValueError as exc:
+            raise SpecError(
+                f"App {where}: the default of hyperparameter `{param.name}` {exc}. Fix its "
+                "HParam declaration."
+            ) from None
 
 
 def positive(value: float) -> None:

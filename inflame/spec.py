@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from inflame import tomlfile
 from inflame.errors import SpecError, did_you_mean
+from inflame.hparams import MAX_INT
 from inflame.performance import KEYS as PERFORMANCE_KEYS
 from inflame.performance import Performance, parse_performance
 from inflame.targets import PROVIDERS, data_schemes
@@ -235,6 +237,16 @@ class _Checker:
                 key_path,
                 f"`{'.'.join(key_path)}` must be {hint}, got {_type_name(value)} {value!r}.",
             )
+        if isinstance(value, float) and not math.isfinite(value):  # `nan < 0` is False
+            raise self.fail(
+                key_path, f"`{'.'.join(key_path)}` must be a finite number, got {value!r}."
+            )
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise self.fail(
+                key_path,
+                f"`{'.'.join(key_path)}` is {value}, beyond what any run can use (at most "
+                f"{MAX_INT}).",
+            )
         return value
 
 
@@ -330,14 +342,15 @@ def _expand_env(value: Any, key_path: tuple[Any, ...], check: _Checker, used: _E
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in os.environ:
+        if os.environ.get(name):
             used.values[name] = os.environ[name]
             return os.environ[name]
-        if default is not None:
+        if default is not None:  # as the shell's ${X:-default}: unset or empty
             return default
+        state = "is set but empty" if name in os.environ else "is not set"
         raise check.fail(
             key_path,
-            f"environment variable `{name}` is not set (referenced as `${{env:{name}}}`). "
+            f"environment variable `{name}` {state} (referenced as `${{env:{name}}}`). "
             f"Set it, or give a default with `${{env:{name}:-value}}`.",
         )
 
@@ -426,6 +439,8 @@ def validate_spec(
     if _is_path_like(app):
         app = str((folder / app).resolve())
     seed = check.typed(job_raw.get("seed", 0), int, ("job", "seed"), "an integer")
+    if seed < 0:
+        raise check.fail(("job", "seed"), f"`job.seed` must be 0 or more, got {seed}.")
     description = check.typed(
         job_raw.get("description", ""), str, ("job", "description"), "a string"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -30,7 +31,8 @@ def parse_ratios(text: str) -> tuple[float, ...]:
         raise InflameError(
             f"Invalid --ratios {text!r}: expected numbers like 0.8,0.1,0.1."
         ) from None
-    if len(ratios) not in (2, 3) or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+    valid = all(math.isfinite(r) and r >= 0 for r in ratios)  # `nan < 0` is False
+    if len(ratios) not in (2, 3) or not valid or abs(sum(ratios) - 1) > 1e-6:
         raise InflameError(
             f"Invalid --ratios {text!r}: give 2 or 3 non-negative numbers (train,val[,test]) "
             "that add up to 1, e.g. 0.8,0.1,0.1."
@@ -75,6 +77,12 @@ def split_dataset(
     source, destination = Path(source), Path(destination)
     if not source.is_dir():
         raise DataError(f"Source folder {source} does not exist or is not a directory.")
+    inside = destination.resolve()
+    if inside == source.resolve() or inside.is_relative_to(source.resolve()):
+        raise DataError(
+            f"Destination {destination} is inside the source {source}: the split would copy "
+            "its own output (as a class folder) on the next run. Choose a folder outside it."
+        )
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise DataError(
             f"Destination {destination} already exists and is not empty; "

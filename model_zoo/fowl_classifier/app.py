@@ -10,17 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from inflame import Context, HParam, run_app
-from inflame.hparams import non_negative, positive
+from inflame.hparams import between, non_negative, positive
 
 
-def _at_least_16(value: int) -> None:
-    if value < 16:
-        raise ValueError(f"must be at least 16, got {value}")
+def _momentum(value: float) -> None:
+    if not 0 <= value < 1:
+        raise ValueError(f"must be at least 0 and below 1, got {value!r}")
 
 
 def _workers(value: int | str) -> None:
-    if value != "auto" and (isinstance(value, str) or value < 0):
-        raise ValueError(f'must be "auto" or a number of processes (0 or more), got {value!r}')
+    if value != "auto" and (isinstance(value, str) or not 0 <= value <= 256):
+        raise ValueError(f'must be "auto" or a number of processes (0 to 256), got {value!r}')
 
 
 HPARAMS = (
@@ -52,12 +52,12 @@ HPARAMS = (
         1,
         "Feature cache: 1 caches the centre crop (no random augmentation); N caches N random "
         "augmentations per image, and epoch e trains on view e mod N.",
-        check=positive,
+        check=between(1, 1000),
     ),
-    HParam("epochs", int, 10, "Maximum number of epochs.", check=positive),
-    HParam("batch_size", int, 32, "Images per batch.", check=positive),
+    HParam("epochs", int, 10, "Maximum number of epochs.", check=between(1, 100_000)),
+    HParam("batch_size", int, 32, "Images per batch.", check=between(1, 65_536)),
     HParam("learning_rate", float, 0.01, "Initial learning rate.", check=positive),
-    HParam("momentum", float, 0.9, "SGD momentum (AdamW: beta1).", check=non_negative),
+    HParam("momentum", float, 0.9, "SGD momentum (AdamW: beta1).", check=_momentum),
     HParam("weight_decay", float, 1e-4, "Weight decay.", check=non_negative),
     HParam("optimizer", str, "sgd", "sgd or adamw.", choices=("sgd", "adamw")),
     HParam(
@@ -67,13 +67,13 @@ HPARAMS = (
         "cosine (to zero over `epochs`) or constant.",
         choices=("cosine", "constant"),
     ),
-    HParam("image_size", int, 224, "Side of the square input, in pixels.", check=_at_least_16),
+    HParam("image_size", int, 224, "Side of the square input, in pixels.", check=between(16, 4096)),
     HParam(
         "early_stopping_patience",
         int,
         3,
         "Stop after this many epochs without a better val_loss; 0 disables.",
-        check=non_negative,
+        check=between(0, 100_000),
     ),
     HParam(
         "num_workers",
