@@ -173,10 +173,16 @@ def _print_train_summary(run_dir: Path, manifest: dict[str, Any]) -> None:
     epochs = [r for r in read_metrics(run_dir) if "epoch" in r]
     console = _stderr()
     if epochs:
-        best = max(epochs, key=lambda r: r.get("val_accuracy", -1.0))
         line = f"trained {epochs[-1]['epoch']} epoch(s)"
-        if "val_accuracy" in best:
-            line += f"; best val_accuracy {best['val_accuracy']:.4f} (epoch {best['epoch']})"
+        saved = manifest.get("saved") or {}
+        at_saved = next((r for r in epochs if r["epoch"] == saved.get("epoch")), None)
+        if at_saved is not None:  # the epoch the weights hold, and what chose it
+            line += f"; saved epoch {at_saved['epoch']} (best {saved['monitor']}"
+            if isinstance(saved.get("value"), float):
+                line += f" {saved['value']:.4f}"
+            line += ")"
+            if "val_accuracy" in at_saved and saved["monitor"] != "val_accuracy":
+                line += f", val_accuracy {at_saved['val_accuracy']:.4f}"
         console.print(line)
     tests = [r for r in read_metrics(run_dir) if "test_accuracy" in r]
     if tests:
@@ -243,7 +249,9 @@ def runs_list(
                         "created": s.created,
                         "status": s.status,
                         "epochs": s.epochs,
-                        "best_val_accuracy": s.best_val_accuracy,
+                        "saved_epoch": s.saved_epoch,
+                        "monitor": s.monitor,
+                        "val_accuracy": s.val_accuracy,
                         "weights_sha256": s.weights_sha256,
                     }
                 )
@@ -254,15 +262,16 @@ def runs_list(
         return
     table = Table(title=f"Runs in {root}")
     table.add_column("run", overflow="fold", ratio=1)
-    for column in ("created", "status", "epochs", "val acc", "weights"):
+    for column in ("created", "status", "epochs", "saved", "val acc", "weights"):
         table.add_column(column, no_wrap=True, min_width=len(column))
-    for s in summaries:
-        acc = f"{s.best_val_accuracy:.4f}" if s.best_val_accuracy is not None else "-"
+    for s in summaries:  # val acc: of the saved epoch, the one the weights hold
+        acc = f"{s.val_accuracy:.4f}" if s.val_accuracy is not None else "-"
         table.add_row(
             s.path.name,
             s.created.replace("T", " ")[:16],
             s.status,
             str(s.epochs),
+            str(s.saved_epoch) if s.saved_epoch is not None else "-",
             acc,
             (s.weights_sha256 or "-")[:12],
         )

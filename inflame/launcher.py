@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -427,11 +428,35 @@ def _train_local(
         (target / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")
 
     hint = f"continue it with `inflame train --local --resume {target}`"
-    if nproc_per_node and nproc_per_node > 1:
-        return _execute_torchrun(target, spec_dir, manifest, nproc_per_node, hint)
-    ctx = local_context(spec, spec.hyperparameters, target)
-    ctx.spec_dir = spec_dir
-    return _execute(app, ctx, target, manifest, hint)
+    try:
+        if nproc_per_node and nproc_per_node > 1:
+            return _execute_torchrun(target, spec_dir, manifest, nproc_per_node, hint)
+        ctx = local_context(spec, spec.hyperparameters, target)
+        ctx.spec_dir = spec_dir
+        return _execute(app, ctx, target, manifest, hint)
+    except InflameError as exc:
+        if resume_dir is None and not isinstance(exc, RunInterrupted):
+            _discard_if_untrained(target, run_dir is None, exc)
+        raise
+
+
+def _discard_if_untrained(target: Path, named_by_us: bool, exc: InflameError) -> None:
+    """A new run that failed before its first checkpoint (the app found bad data, say)
+    holds nothing worth keeping: remove what it wrote, so the same command (or the same
+    --run-dir) can simply be run again, and say so in the error."""
+    if any((target / "checkpoints").glob("epoch-*.safetensors")):
+        return
+    if named_by_us:
+        shutil.rmtree(target, ignore_errors=True)
+    else:  # the user's folder stays, empty
+        for child in target.iterdir():
+            if child.name == LOCK_FILE:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+    exc.args = (f"{exc} (Nothing was trained, so the run folder {target} was cleared.)",)
 
 
 def run_in_job(

@@ -132,8 +132,10 @@ class RunSummary:
     created: str
     status: str
     epochs: int
-    best_val_accuracy: float | None
+    saved_epoch: int | None  # the epoch whose weights the model holds
+    val_accuracy: float | None  # at that epoch
     weights_sha256: str | None
+    monitor: str | None = None  # what chose the saved epoch
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -165,15 +167,19 @@ def run_status(manifest: Mapping[str, Any]) -> str:
 def summarize(run_dir: Path) -> RunSummary:
     manifest = read_manifest(run_dir)
     epochs = [r for r in read_metrics(run_dir) if "epoch" in r]
-    accuracies = [r["val_accuracy"] for r in epochs if isinstance(r.get("val_accuracy"), float)]
+    saved = manifest.get("saved") or {}
+    at_saved = next((r for r in epochs if r["epoch"] == saved.get("epoch")), {})
+    accuracy = at_saved.get("val_accuracy")
     return RunSummary(
         path=run_dir,
         job=manifest.get("job", {}).get("name", "?"),
         created=manifest.get("created", "?"),
         status=run_status(manifest),
         epochs=max((r["epoch"] for r in epochs), default=0),
-        best_val_accuracy=max(accuracies) if accuracies else None,
+        saved_epoch=saved.get("epoch"),
+        val_accuracy=accuracy if isinstance(accuracy, float) else None,
         weights_sha256=manifest.get("weights_sha256"),
+        monitor=saved.get("monitor"),
     )
 
 

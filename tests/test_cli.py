@@ -232,9 +232,9 @@ def test_bad_specs_fail_cleanly_and_write_nothing(cli, write_spec, tmp_path: Pat
     runs = tmp_path / "runs"
     if "architecture" not in edit.get("hyperparameters", {}):
         assert not runs.exists()  # rejected before any run directory was made
-    else:  # the app itself rejects it: the run is recorded as failed
-        [run] = list(runs.iterdir())
-        assert manifest_of(run)["status"] == "failed"
+    else:  # the app itself rejects it: nothing trained, so nothing is left behind
+        assert "Nothing was trained" in " ".join(result.stderr.split())
+        assert list(runs.iterdir()) == []
 
 
 def test_cli_input_errors(cli, write_spec, tmp_path: Path):

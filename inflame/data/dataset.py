@@ -16,6 +16,7 @@ from inflame.data.images import (
     open_image,
     scan_image_folder,
 )
+from inflame.errors import DataError
 
 
 class ImageFolderDataset(Dataset):
@@ -71,6 +72,13 @@ class ImageFolderDataset(Dataset):
                 f"warning: skipped {len(self.skipped)} unreadable image(s) in {self.root}",
                 file=sys.stderr,
             )
+            kept = {sample.label for sample in self.samples}
+            lost = [name for i, name in enumerate(self.classes) if i not in kept]
+            if classes is None and lost:  # this set defines the classes: each needs images
+                raise DataError(
+                    f"Every image of class(es) {', '.join(lost)} in {self.root} is unreadable, "
+                    "so the class would have nothing to learn from. Replace the images."
+                )
 
     @property
     def cached(self) -> bool:

@@ -31,7 +31,7 @@ from inflame.cache import cache_dir, cache_enabled
 from inflame.data.images import Sample, UnreadableImage, open_image
 from inflame.hashing import sha256_file
 
-FORMAT = 2
+FORMAT = 3  # 3: EXIF orientation applied, 16-bit images scaled (not clipped)
 MAX_GB_ENV = "INFLAME_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 50.0
 IN_USE_S = 3600  # entries used this recently are never evicted (a run may be reading them)

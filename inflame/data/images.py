@@ -5,13 +5,14 @@ No torch here, so the CLI's data commands stay fast.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from inflame.errors import DataError
 
@@ -27,6 +28,14 @@ class UnreadableImage(DataError):
 class Sample:
     path: Path
     label: int
+
+
+JUNK_FOLDERS = frozenset({"__MACOSX", "__pycache__", ".ipynb_checkpoints"})
+
+
+def is_junk(name: str) -> bool:
+    """Folders that are never classes: hidden ones and what archivers and tools leave."""
+    return name.startswith(".") or name in JUNK_FOLDERS
 
 
 def is_image_file(path: Path) -> bool:
@@ -47,7 +56,7 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
                     f"limit of {max_pixels:,} (decompression-bomb guard). Resize it first."
                 )
             image.load()
-            return image.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(image))  # as the camera held it
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -60,6 +69,23 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise UnreadableImage(f"{path}: is a directory, not an image.") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImage(f"{path}: not a readable image ({exc}).") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. Pillow's own conversion clips 16-bit samples at 255 (a 16-bit PNG turns
+    white); they are scaled to 8 bits instead, and float images from [0, 1]."""
+    import numpy as np
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        samples = np.asarray(image, dtype=np.float64)
+        wide = image.mode != "I" or samples.max(initial=0) > 255  # "I" may hold 8-bit values
+        scaled = samples / 257.0 if wide else samples
+        image = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        samples = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if samples.max(initial=0) <= 1.0 else 1.0
+        image = Image.fromarray(np.clip(np.rint(samples * scale), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> str | None:
@@ -96,12 +122,13 @@ def scan_image_folder(
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Image folder {root} does not exist or is not a directory.")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_junk(p.name))
     if not found:
         raise DataError(
             f"Image folder {root} has no class folders. Expected one sub-folder per class, "
             f"e.g. {root}/chicken/*.jpg and {root}/turkey/*.jpg."
         )
+    defines_classes = classes is None
     if classes is None:
         classes = found
     else:
@@ -112,12 +139,37 @@ def scan_image_folder(
                 f"{', '.join(extra)}. Train and validation sets need the same class folders."
             )
     samples: list[Sample] = []
+    empty: list[str] = []
     for label, name in enumerate(classes):
         folder = root / name
         if not folder.is_dir():
             continue
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+        if not os.access(folder, os.R_OK | os.X_OK):
+            raise DataError(
+                f"Class folder {folder} cannot be read (permission denied). Fix its "
+                f"permissions (e.g. `chmod -R u+rX {folder}`)."
+            )
+        files = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file()
+            and is_image_file(p)
+            and not any(is_junk(part) for part in p.relative_to(folder).parts[:-1])
+        )
+        if not files:
+            empty.append(name)
         samples.extend(Sample(p, label) for p in files)
+    if defines_classes and samples and len(classes) < 2:
+        raise DataError(
+            f"Image folder {root} has one class folder ({classes[0]}); a classifier needs at "
+            "least two, or every answer is that class. Add a folder per class."
+        )
+    if empty and samples:
+        raise DataError(
+            f"Class folder(s) {', '.join(empty)} in {root} hold no images "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}); every class needs images. Add some, or "
+            "remove the folder."
+        )
     if not samples:
         raise DataError(
             f"Image folder {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})."

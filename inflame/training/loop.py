@@ -115,13 +115,15 @@ def fit(
     scheduler: Any | None = None,
     early_stopping_patience: int | None = None,
     monitor: str = "val_loss",
+    mode: str | None = None,
     num_workers: int | None = None,
     keep_checkpoints: int = 2,
     reporter: Reporter | None = None,
 ) -> FitResult:
     """Train `model` for up to `epochs`, resuming from `ctx.checkpoint_dir` if it holds a
-    checkpoint. Returns the model with its best weights (lowest `val_loss` by default;
-    `monitor="val_accuracy"` picks the highest accuracy).
+    checkpoint. Returns the model with the weights of its best epoch by `monitor`: lowest
+    `val_loss` by default; `mode` is "min" or "max" (default: "min" for losses, else "max").
+    The manifest records which epoch that was (`saved`: epoch, monitor, mode, metrics).
 
     The [compute] speed switches (`ctx.performance`) decide precision, memory format and
     determinism; `num_workers=None` picks the DataLoader workers from the CPU count."""
@@ -129,8 +131,18 @@ def fit(
         raise InflameError(f"epochs must be at least 1, got {epochs}.")
     if len(train_data) == 0:  # type: ignore[arg-type]
         raise InflameError("The training set is empty: nothing to train on.")
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    per_process = math.ceil(len(train_data) / max(ctx.world_size, 1))  # type: ignore[arg-type]
+    if batch_norm and min(batch_size, per_process) < 2:
+        raise InflameError(
+            f"Training this model needs at least 2 images per batch (its BatchNorm layers "
+            f"cannot learn from one), but the batch size is {batch_size} and each process "
+            f"has {per_process} training image(s). Raise `batch_size`, or add images."
+        )
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    minimize = "loss" in monitor
+    if mode not in (None, "min", "max"):
+        raise InflameError(f'fit(mode=…) must be "min" or "max", got {mode!r}.')
+    minimize = mode == "min" if mode is not None else "loss" in monitor
     fast = fastpath.resolve(ctx.performance, ctx.device, model)
     fastpath.apply(fast)
     fastpath.prepare_model(model, fast)
@@ -287,6 +299,17 @@ def fit(
 
     model.load_state_dict(best_state)
     best = next((h for h in history if h["epoch"] == state.best_epoch), {})
+    chosen_by = monitor if monitor in best or val_data is not None else "train_loss"
+    ctx.record(
+        "saved",
+        {
+            "epoch": state.best_epoch,
+            "monitor": chosen_by,
+            "mode": "min" if minimize or chosen_by == "train_loss" else "max",
+            "value": best.get(chosen_by),
+            "metrics": {k: v for k, v in best.items() if k.startswith(("val_", "train_"))},
+        },
+    )
     return FitResult(
         model=model,
         best_epoch=state.best_epoch,

@@ -72,8 +72,16 @@ HPARAMS = (
         "early_stopping_patience",
         int,
         3,
-        "Stop after this many epochs without a better val_loss; 0 disables.",
+        "Stop after this many epochs without a better `monitor`; 0 disables.",
         check=between(0, 100_000),
+    ),
+    HParam(
+        "monitor",
+        str,
+        "val_loss",
+        "The metric whose best epoch is saved (and that early stopping watches): val_loss "
+        "(lower is better) or val_accuracy (higher is better).",
+        choices=("val_loss", "val_accuracy"),
     ),
     HParam(
         "num_workers",
@@ -160,6 +168,7 @@ def train(ctx: Context) -> None:
         optimizer=optimizer,
         scheduler=scheduler,
         early_stopping_patience=hp["early_stopping_patience"] or None,
+        monitor=hp["monitor"],
         num_workers=workers,
     )
     if net is not model:  # the head trained on cached features goes back on its backbone
