@@ -22,6 +22,7 @@ from inflame.data.listing import adopt_listing
 from inflame.errors import InflameError, RunError, RunInterrupted, RunTerminated
 from inflame.hashing import sha256_file, tree_digest
 from inflame.jobprep import PreparedJob, prepare_job
+from inflame.redact import redact
 from inflame.runlock import LOCK_FILE, RunLock
 from inflame.runs import (
     MANIFEST,
@@ -154,17 +155,19 @@ def _new_manifest(
     bundled: bool = False,
 ) -> dict[str, Any]:
     app_files = _app_files(app, spec, bundled=bundled)
+    hidden = spec.secret_values  # what the command line and the job text may not show
+    stored_job = spec.to_dict()["job"]
     return {
         "format": "inflame.run/1",
-        "job": {"name": spec.job.name, "description": spec.job.description},
+        "job": {"name": stored_job["name"], "description": stored_job.get("description", "")},
         "created": utc_now(),
-        "command": list(argv) if argv is not None else sys.argv,
+        "command": redact(list(argv) if argv is not None else sys.argv, hidden),
         "spec": {
             "path": str(spec.path),
             "folder": str(spec.folder),
             "sha256": spec.source_sha256,
             "resolved_sha256": spec.resolved_sha256,
-            "overrides": list(overrides),
+            "overrides": redact(list(overrides), hidden),
         },
         "app": {
             "name": app.name,

@@ -64,7 +64,9 @@ class JobRecord:
 class Ledger:
     def __init__(self, path: Path | None = None):
         self.path = path or inflame_home() / "ledger.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():  # private: it holds requests and console links
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         with self._connect() as db:
             db.executescript(_SCHEMA)
 

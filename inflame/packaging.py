@@ -36,18 +36,52 @@ SECRET_PATTERNS = (
     ".env.*",
     "*.pem",
     "*.key",
+    "*.ppk",
     "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
     "id_ed25519*",
     "*credentials*",
+    "*service-account*.json",
+    "*service_account*.json",
+    "*serviceaccount*.json",
     ".aws/",
     ".azure/",
     ".config/gcloud/",
+    ".kube/",
+    "kubeconfig*",
+    ".docker/config.json",
+    ".huggingface/",
+    ".cache/huggingface/",
     ".git/",
+    ".git-credentials",
     ".netrc",
+    ".npmrc",
     ".pypirc",
+    ".pgpass",
+    ".s3cfg",
+    ".boto",
+    ".databrickscfg",
+    ".htpasswd",
+    "secrets.toml",
+    "secrets.yaml",
+    "secrets.yml",
+    "secrets.json",
+    "*.tfstate",
+    "*.tfstate.*",
+    "*.tfvars",
     "*.p12",
     "*.pfx",
+    "*.jks",
+    "*.keystore",
 )
+# Contents that are a secret whatever the file is called: private keys (PEM, OpenSSH, PuTTY)
+# and cloud service-account keys. Only the start of files up to SECRET_SCAN_BYTES is read.
+SECRET_CONTENT = re.compile(
+    rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----|PuTTY-User-Key-File-"
+    rb'|"type"\s*:\s*"service_account"|"private_key"\s*:\s*"-----BEGIN'
+)
+SECRET_SCAN_BYTES = 1 << 20
 ALWAYS_IGNORED = (
     "__pycache__/",
     "*.pyc",
@@ -113,13 +147,22 @@ def collect_files(root: Path, exclude: Sequence[Path] = ()) -> tuple[list[Path],
         rel = path.relative_to(root).as_posix()
         if any(path.resolve().is_relative_to(folder) for folder in excluded):
             continue
-        if secrets.match_file(rel):
+        if secrets.match_file(rel) or _holds_secret(path):
             secret_files.append(path)
         elif not any(
             spec.match_file(path.resolve().relative_to(base).as_posix()) for base, spec in rules
         ):
             keep.append(path)
     return keep, secret_files
+
+
+def _holds_secret(path: Path) -> bool:
+    """Whether the file starts with (or holds, in its first MiB) a private or service key."""
+    try:
+        with open(path, "rb") as handle:
+            return bool(SECRET_CONTENT.search(handle.read(SECRET_SCAN_BYTES)))
+    except OSError:
+        return False
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes, executable: bool = False) -> None:
@@ -196,10 +239,12 @@ def build_bundle(
             "torchvision, numpy and pillow; put pure-Python modules beside app.py, or set "
             "the target's `image` to one that has what the app needs"
         )
-    if len(data) > SIZE_WARNING_BYTES:
+    unpacked = sum(len(member) for member in members.values())
+    if max(len(data), unpacked) > SIZE_WARNING_BYTES:  # compression hides what a job unpacks
         warnings.append(
-            f"the code bundle is {len(data) / 2**20:.0f} MiB; keep data and weights "
-            "out of the app folder (.inflameignore) and pass data as [data] inputs"
+            f"the code bundle holds {unpacked / 2**20:.0f} MiB of files "
+            f"({len(data) / 2**20:.0f} MiB compressed); keep data and weights out of the app "
+            "folder (.inflameignore) and pass data as [data] inputs"
         )
     return Bundle(
         data=data,
@@ -236,12 +281,38 @@ def safe_join(root: Path, name: str) -> Path:
     return target
 
 
+MAX_MEMBERS = 100_000
+MAX_EXTRACTED_BYTES = 64 * 2**30
+MAX_EXPANSION = 200  # extracted bytes per archive byte, above EXPANSION_FLOOR
+EXPANSION_FLOOR = 2**30
+
+
 def safe_extract(archive: Path | bytes, destination: Path) -> list[Path]:
-    """Extract a tar(.gz) refusing absolute paths, `..`, links and devices."""
+    """Extract a tar(.gz) refusing absolute paths, `..`, links and devices, more than
+    MAX_MEMBERS members, and more than MAX_EXTRACTED_BYTES (or, above EXPANSION_FLOOR,
+    MAX_EXPANSION times the archive's size): sizes come from the members' headers, read
+    before anything is written."""
     destination = destination.resolve()
+    packed = len(archive) if isinstance(archive, bytes) else Path(archive).stat().st_size
     source = io.BytesIO(archive) if isinstance(archive, bytes) else open(archive, "rb")  # noqa: SIM115
     with source, tarfile.open(fileobj=source, mode="r:*") as tar:
-        members = tar.getmembers()
+        members = []
+        total = 0
+        for member in tar:  # headers only: stops at the first limit, not at the end
+            members.append(member)
+            total += max(member.size, 0)
+            if len(members) > MAX_MEMBERS:
+                raise InflameError(
+                    f"Refusing to extract: the archive has more than {MAX_MEMBERS:,} members."
+                )
+            if total > MAX_EXTRACTED_BYTES or (
+                total > EXPANSION_FLOOR and total > MAX_EXPANSION * max(packed, 1)
+            ):
+                raise InflameError(
+                    f"Refusing to extract: its members add up to more than {total / 2**30:.1f} "
+                    f"GiB from a {packed / 2**20:.1f} MiB archive (an archive bomb, or a model "
+                    "far larger than any inflame writes)."
+                )
         for member in members:
             if not (member.isfile() or member.isdir()):
                 raise InflameError(

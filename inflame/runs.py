@@ -48,7 +48,7 @@ def new_run_dir(root: Path, job_name: str, spec_sha256: str) -> Path:
     for attempt in range(1, 1000):
         candidate = root / (base if attempt == 1 else f"{base}-{attempt}")
         try:
-            candidate.mkdir()
+            candidate.mkdir(mode=0o700)  # private: specs and manifests may name secrets
             return candidate
         except FileExistsError:
             continue

@@ -151,6 +151,12 @@ class JobSpec:
         }
 
     @property
+    def secret_values(self) -> tuple[str, ...]:
+        """Values never to store or print: those of variables the stored spec keeps as
+        references (hyperparameters, targets, cloud URIs, secret-named variables)."""
+        return tuple(self.referenced_env.values())
+
+    @property
     def stored_hyperparameters(self) -> dict[str, Any]:
         """The hyperparameters as stored in manifests: `${env:…}` values as references."""
         return self.to_dict()["hyperparameters"]
@@ -164,10 +170,17 @@ class JobSpec:
 _TEMPLATED_SECTIONS = ("hyperparameters", "targets", "data")
 
 
+def _names_secret(template: str) -> bool:
+    """Whether an `${env:…}` template reads a variable named like a secret (API_TOKEN…)."""
+    from inflame.redact import looks_secret
+
+    return any(looks_secret(name) for name, _ in _ENV_RE.findall(template))
+
+
 def _put_template(tree: dict[str, Any], key_path: tuple[Any, ...], template: str) -> None:
     """Put an `${env:…}` template back at key_path, where the stored value is still the
     plain expansion (not for local data paths, which are stored resolved and absolute)."""
-    if key_path[0] not in _TEMPLATED_SECTIONS:
+    if key_path[0] not in _TEMPLATED_SECTIONS and not _names_secret(template):
         return
     node: Any = tree
     for part in key_path[:-1]:

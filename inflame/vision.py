@@ -28,9 +28,28 @@ def classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+# torch.load(weights_only=True) had remote-code-execution bypasses, fixed in torch 2.6
+# (CVE-2025-32434) and again in 2.10; an older torch reads only safetensors files.
+SAFE_PICKLE_TORCH = (2, 10)
+
+
+def _torch_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as "2.14.1+cu128"."""
+    parts = [*version.split("+")[0].split("."), "0"]
+    return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+
+
 def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_tensors(path)
+    if _torch_version(torch.__version__) < SAFE_PICKLE_TORCH:
+        raise InflameError(
+            f"Weights file {path} is a pickle (.pth/.pt); torch {torch.__version__} cannot "
+            "load pickles safely (torch.load's weights_only mode had remote-code-execution "
+            "bypasses before torch 2.10). Convert it to .safetensors where you trust it "
+            "(safetensors.torch.save_file(torch.load(path), 'weights.safetensors')), or "
+            "upgrade torch."
+        )
     state = torch.load(str(path), map_location="cpu", weights_only=True)  # no arbitrary pickle
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

@@ -17,6 +17,10 @@ from PIL import Image, ImageOps
 from inflame.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# The decoders Pillow may use: it picks one by content, not by name, so without this list a
+# ".png" holding PostScript would reach the EPS plugin (and Ghostscript). (JPEG covers the
+# multi-picture JPEGs cameras write: its opener returns them as MPO.)
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 MAX_PIXELS = 50_000_000  # ~7000 x 7000; larger images are refused (decompression-bomb guard)
 
 
@@ -48,7 +52,7 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(path, formats=IMAGE_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise UnreadableImage(
@@ -67,6 +71,10 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise UnreadableImage(f"{path}: no such file.") from None
     except IsADirectoryError:
         raise UnreadableImage(f"{path}: is a directory, not an image.") from None
+    except Image.UnidentifiedImageError:
+        raise UnreadableImage(
+            f"{path}: not an image in a format inflame reads ({', '.join(IMAGE_FORMATS)})."
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImage(f"{path}: not a readable image ({exc}).") from None
 
@@ -94,7 +102,7 @@ def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     return f"{width}x{height} pixels, above the limit of {max_pixels:,}"
