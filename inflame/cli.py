@@ -253,6 +253,7 @@ def runs_list(
                         "monitor": s.monitor,
                         "val_accuracy": s.val_accuracy,
                         "weights_sha256": s.weights_sha256,
+                        **({"problem": s.problem} if s.problem else {}),
                     }
                 )
             )
@@ -276,6 +277,9 @@ def runs_list(
             (s.weights_sha256 or "-")[:12],
         )
     Console().print(table)
+    for s in summaries:
+        if s.problem:
+            _stderr().print(f"warning: {s.path.name} is unreadable: {s.problem}")
 
 
 @cache_app.command("ls")
@@ -692,7 +696,12 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except Exception as exc:
         from inflame import crashlog
+        from inflame.errors import environment_fault
 
+        fault = environment_fault(exc)  # a full disk, a denied permission: not a bug
+        if fault is not None and not crashlog.debugging():
+            _print_error(f"{fault}, then run the command again.")
+            sys.exit(2)
         if crashlog.debugging():
             raise
         log = crashlog.write_crash_log(exc, sys.argv)

@@ -4,6 +4,7 @@ where (file and key path), and how to fix it. The CLI prints them without a trac
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -41,3 +42,22 @@ class RunTerminated(RunInterrupted):
     """SIGTERM stopped a run (spot preemption, `docker stop`, `kill`); it can be resumed."""
 
     exit_code = 143  # 128 + SIGTERM, as a shell reports it
+
+
+_ENVIRONMENT_ADVICE = {
+    errno.ENOSPC: "Free some space on that filesystem",
+    errno.EDQUOT: "Free some space (the disk quota is full)",
+    errno.EACCES: "Fix the permissions of that path (or use another folder)",
+    errno.EPERM: "Fix the permissions of that path (or use another folder)",
+    errno.EROFS: "That filesystem is read-only: use a writable folder",
+    errno.EMFILE: "Too many files are open: raise the limit (`ulimit -n`)",
+}
+
+
+def environment_fault(exc: BaseException) -> str | None:
+    """A one-paragraph message for an OSError the machine caused (a full disk, a denied
+    permission, a read-only filesystem), naming the path; None for any other error."""
+    if not isinstance(exc, OSError) or exc.errno not in _ENVIRONMENT_ADVICE:
+        return None
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}. {_ENVIRONMENT_ADVICE[exc.errno]}"

@@ -107,4 +107,6 @@ def tree_hashes(root: str | Path, cache: FingerprintCache | None = None) -> dict
 def tree_digest(hashes: Mapping[str, str]) -> str:
     """One sha256 for a set of files: order-independent, covers names and contents."""
     lines = "".join(f"{name}\t{digest}\n" for name, digest in sorted(hashes.items()))
-    return sha256_bytes(lines.encode())
+    return sha256_bytes(
+        lines.encode("utf-8", "surrogateescape")
+    )  # names that are not UTF-8: by their bytes

@@ -19,7 +19,13 @@ from typing import Any
 
 from inflame.apps import APP_FILE, App, find_app
 from inflame.data.listing import adopt_listing
-from inflame.errors import InflameError, RunError, RunInterrupted, RunTerminated
+from inflame.errors import (
+    InflameError,
+    RunError,
+    RunInterrupted,
+    RunTerminated,
+    environment_fault,
+)
 from inflame.hashing import sha256_file, tree_digest
 from inflame.jobprep import PreparedJob, prepare_job
 from inflame.redact import redact
@@ -221,7 +227,16 @@ def _recorded(
         ) from None
     except BaseException as exc:
         manifest.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
-        write_json_atomic(run_dir / MANIFEST, manifest)
+        fault = environment_fault(exc)
+        try:
+            write_json_atomic(run_dir / MANIFEST, manifest)
+        except OSError:
+            if fault is None:
+                raise
+        if fault is not None:  # the machine's fault, not the run's: it can continue
+            raise RunError(
+                f"{fault}; then {resume_hint}. Every completed checkpoint is intact."
+            ) from None
         raise
 
 
@@ -272,7 +287,16 @@ def _finish(run_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any]) -
         weights_sha256=outputs.get("weights.safetensors"),
     )
     manifest.pop("error", None)
-    write_json_atomic(run_dir / MANIFEST, manifest)
+    try:
+        write_json_atomic(run_dir / MANIFEST, manifest)
+    except OSError as exc:
+        fault = environment_fault(exc)
+        if fault is None:
+            raise
+        raise RunError(
+            f"{fault}; then finish the run with `inflame train --local --resume {run_dir}` "
+            "(its training is done: it only records the outputs again)."
+        ) from None
     return TrainResult(run_dir=run_dir, manifest=manifest)
 
 
@@ -411,13 +435,14 @@ def _train_local(
     else:
         if run_dir is not None:
             target = Path(run_dir)
-            if target.exists() and any(p.name != LOCK_FILE for p in target.iterdir()):
+            if target.exists() and not _reusable(target):
                 raise RunError(
                     f"--run-dir {target} exists and is not empty; choose a new "
                     "folder (or --resume it if it is a run)."
                 )
-            target.mkdir(parents=True, exist_ok=True)
+            target.mkdir(parents=True, exist_ok=True, mode=0o700)
             held.enter_context(RunLock(target))
+            _clear_unstarted(target)
             if any(p.name != LOCK_FILE for p in target.iterdir()):  # filled while we looked
                 raise RunError(
                     f"--run-dir {target} was filled by another process while this one "
@@ -441,6 +466,42 @@ def _train_local(
         if resume_dir is None and not isinstance(exc, RunInterrupted):
             _discard_if_untrained(target, run_dir is None, exc)
         raise
+
+
+def _unstarted_leftovers(target: Path) -> list[Path] | None:
+    """What a run killed before its first record left in `target` (its spec, an empty
+    checkpoint folder, temp files), or None when the folder holds anything else. Only a
+    folder inflame has locked before (it holds `.lock`) can hold such leftovers: a user's
+    folder holding a spec.toml of their own is never touched."""
+    found = []
+    for child in target.iterdir():
+        if child.name == LOCK_FILE:
+            continue
+        checkpoints = child.name == "checkpoints" and child.is_dir()
+        if checkpoints and any(not p.name.startswith(".") for p in child.iterdir()):
+            return None
+        if not (checkpoints or child.name == SPEC_FILE or ".tmp-" in child.name):
+            return None
+        found.append(child)
+    if found and not (target / LOCK_FILE).is_file():
+        return None
+    return found
+
+
+def _reusable(target: Path) -> bool:
+    return _unstarted_leftovers(target) is not None
+
+
+def _clear_unstarted(target: Path) -> None:
+    """Remove what a run killed before its first record left (only inflame's own files)."""
+    leftovers = _unstarted_leftovers(target) or []
+    for child in leftovers:
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if leftovers:
+        print(f"note: {target} held a run that never started; starting it afresh", file=sys.stderr)
 
 
 def _discard_if_untrained(target: Path, named_by_us: bool, exc: InflameError) -> None:

@@ -70,15 +70,37 @@ class Ledger:
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
+    wait_s = 30.0  # how long a write waits for another process's lock
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db = sqlite3.connect(self.path, timeout=self.wait_s)
+        except sqlite3.Error as exc:
+            raise self._unusable(exc) from None
         db.row_factory = sqlite3.Row
         try:
             with db:
                 yield db
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise InflameError(
+                    f"The job ledger {self.path} is locked by another inflame process (waited "
+                    f"{self.wait_s:.0f} s). Try again when that one has finished."
+                ) from None
+            raise self._unusable(exc) from None
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
         finally:
             db.close()
+
+    def _unusable(self, exc: Exception) -> InflameError:
+        return InflameError(
+            f"The job ledger {self.path} cannot be used ({exc}). If it is damaged, move it "
+            f"aside (`mv {self.path} {self.path}.broken`) and inflame starts a new one: jobs "
+            "recorded only in the old one keep running, but `inflame status` no longer finds "
+            "them (the provider's console does)."
+        )
 
     @staticmethod
     def _record(row: sqlite3.Row) -> JobRecord:

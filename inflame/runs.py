@@ -56,9 +56,15 @@ def new_run_dir(root: Path, job_name: str, spec_sha256: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON to a temporary name and rename it over `path`: a failure (a full disk)
+    leaves the previous file, and no temporary one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -136,6 +142,7 @@ class RunSummary:
     val_accuracy: float | None  # at that epoch
     weights_sha256: str | None
     monitor: str | None = None  # what chose the saved epoch
+    problem: str | None = None  # why the run's records cannot be read
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -165,6 +172,25 @@ def run_status(manifest: Mapping[str, Any]) -> str:
 
 
 def summarize(run_dir: Path) -> RunSummary:
+    """One run's row; a run whose records cannot be read is listed as `unreadable`."""
+    try:
+        return _summarize(run_dir)
+    except (RunError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return RunSummary(
+            path=run_dir,
+            job="?",
+            created="",  # sorts first: never `latest`
+            status="unreadable",
+            epochs=0,
+            saved_epoch=None,
+            val_accuracy=None,
+            weights_sha256=None,
+            problem=reason,
+        )
+
+
+def _summarize(run_dir: Path) -> RunSummary:
     manifest = read_manifest(run_dir)
     epochs = [r for r in read_metrics(run_dir) if "epoch" in r]
     saved = manifest.get("saved") or {}
@@ -195,7 +221,7 @@ def resolve_run(ref: str | Path, root: Path | None = None) -> Path:
     """A run directory from a path, a run name under the runs root, or `latest`."""
     root = root or default_runs_root()
     if str(ref) == "latest":
-        runs = list_runs(root)
+        runs = [run for run in list_runs(root) if run.problem is None]
         if not runs:
             raise RunError(f"No runs under {root}. Train one with `inflame train --local SPEC`.")
         return runs[-1].path

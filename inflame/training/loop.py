@@ -393,7 +393,7 @@ class _Stepper:
                     checked = done
                     shown = (total / seen, int(correct.item()) / seen)
                 self.reporter.batch(n, *shown)
-                if self._stop_requested(done):
+                if self._stop_requested(done, agree=reduce):
                     raise stopping.Terminated(
                         f"{stopping.reason()} arrived; stopped after {phase} batch "
                         f"{done}/{batches} of epoch {epoch + 1}"
@@ -409,10 +409,11 @@ class _Stepper:
             stats.correct, stats.seen = int(n_correct), int(n_seen)
         return stats
 
-    def _stop_requested(self, done: int) -> bool:
-        """SIGTERM asked to stop (a safe point: the step is complete). All processes of a
-        distributed run agree at the same batch, at their sync points."""
-        if not (dist.is_available() and dist.is_initialized()):
+    def _stop_requested(self, done: int, *, agree: bool) -> bool:
+        """SIGTERM asked to stop (a safe point: the step is complete). With `agree`, all
+        processes of a distributed run decide together at their sync points (fit's phases,
+        which every process runs); otherwise (a local evaluation) each decides alone."""
+        if not (agree and dist.is_available() and dist.is_initialized()):
             return stopping.requested()
         if done % self.sync_every:
             return False
