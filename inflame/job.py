@@ -156,6 +156,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except InflameError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt as exc:  # a process other than rank 0, stopped with the others
+        from inflame.stopping import EXIT_CODE, Terminated
+
+        print(f"inflame: stopped ({exc or 'SIGINT'})", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CODE if isinstance(exc, Terminated) else 130) from None
     if result.manifest.get("status") == "completed":
         print(
             f"inflame: run complete in {result.run_dir}; weights sha256 "

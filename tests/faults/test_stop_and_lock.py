@@ -221,3 +221,28 @@ def test_a_stop_reaches_every_process_of_a_ddp_run(cli, write_spec, tmp_path, si
     resumed = cli("train", "--local", "--resume", run, check=True)
     assert "resuming at epoch" in resumed.stderr
     assert manifest_of(run)["status"] == "completed"
+
+
+@pytest.mark.parametrize(("stop", "code"), [("Terminated", 143), ("KeyboardInterrupt", 130)])
+def test_a_cloud_job_process_that_stopped_exits_quietly(monkeypatch, capsys, stop, code):
+    """Ranks other than 0 of a cloud job stop with the others: one line, the signal's code."""
+    from types import SimpleNamespace
+
+    from inflame import job, stopping
+
+    error = getattr(stopping, stop, KeyboardInterrupt)
+
+    def stopped(*args, **kwargs):
+        raise error("SIGTERM arrived; stopped after train batch 3/9 of epoch 2")
+
+    monkeypatch.setattr("inflame.launcher.run_in_job", stopped)
+    monkeypatch.setattr("inflame.jobprep.prepare_job", lambda *a, **k: SimpleNamespace(spec=None))
+    monkeypatch.setattr(
+        "inflame.targets.get_target",
+        lambda name: SimpleNamespace(job_paths=lambda *a: None, capabilities=None),
+    )
+    with pytest.raises(SystemExit) as exited:
+        job.main(["spec.toml", "--platform", "sagemaker"])
+    assert exited.value.code == code
+    err = capsys.readouterr().err
+    assert err.startswith("inflame: stopped (SIGTERM arrived") and "Traceback" not in err
