@@ -53,16 +53,25 @@ class HParam:
         else:
             got = _TYPE_NAMES.get(type(value), type(value).__name__)
             raise ValueError(f"must be of type {self.type_name}, got {got} {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"must be a finite number, got {value!r}")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
-            raise ValueError(f"is {value}, beyond what any run can use (at most {MAX_INT})")
+        problem = unusable_number(value)
+        if problem:
+            raise ValueError(problem)
         if self.choices is not None and value not in self.choices:
             options = ", ".join(repr(c) for c in self.choices)
             raise ValueError(f"must be one of {options}, got {value!r}")
         if self.check is not None:
             self.check(value)
         return value
+
+
+def unusable_number(value: Any) -> str | None:
+    """Why no run could use this number (NaN or infinite, which every comparison lets
+    through, or an integer beyond MAX_INT), as "must be …"/"is …"; None when it is fine."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        return f"is {value}, beyond what any run can use (at most {MAX_INT})"
+    return None
 
 
 def between(low: float, high: float) -> Callable[[float], None]:

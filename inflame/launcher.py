@@ -495,13 +495,18 @@ def _reusable(target: Path) -> bool:
 def _clear_unstarted(target: Path) -> None:
     """Remove what a run killed before its first record left (only inflame's own files)."""
     leftovers = _unstarted_leftovers(target) or []
-    for child in leftovers:
-        if child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
+    _remove(leftovers)
     if leftovers:
         print(f"note: {target} held a run that never started; starting it afresh", file=sys.stderr)
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    """Delete files and folders (a link is removed, never followed)."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _discard_if_untrained(target: Path, named_by_us: bool, exc: InflameError) -> None:
@@ -513,13 +518,7 @@ def _discard_if_untrained(target: Path, named_by_us: bool, exc: InflameError) ->
     if named_by_us:
         shutil.rmtree(target, ignore_errors=True)
     else:  # the user's folder stays, empty
-        for child in target.iterdir():
-            if child.name == LOCK_FILE:
-                continue
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+        _remove([child for child in target.iterdir() if child.name != LOCK_FILE])
     exc.args = (f"{exc} (Nothing was trained, so the run folder {target} was cleared.)",)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 from inflame import tomlfile
 from inflame.errors import SpecError, did_you_mean
-from inflame.hparams import MAX_INT
+from inflame.hparams import unusable_number
 from inflame.performance import KEYS as PERFORMANCE_KEYS
 from inflame.performance import Performance, parse_performance
 from inflame.targets import PROVIDERS, data_schemes
@@ -250,16 +249,9 @@ class _Checker:
                 key_path,
                 f"`{'.'.join(key_path)}` must be {hint}, got {_type_name(value)} {value!r}.",
             )
-        if isinstance(value, float) and not math.isfinite(value):  # `nan < 0` is False
-            raise self.fail(
-                key_path, f"`{'.'.join(key_path)}` must be a finite number, got {value!r}."
-            )
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
-            raise self.fail(
-                key_path,
-                f"`{'.'.join(key_path)}` is {value}, beyond what any run can use (at most "
-                f"{MAX_INT}).",
-            )
+        problem = unusable_number(value)  # NaN passes every comparison (`nan < 0` is False)
+        if problem:
+            raise self.fail(key_path, f"`{'.'.join(key_path)}` {problem}.")
         return value
 
 

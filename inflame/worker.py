@@ -47,10 +47,10 @@ def main() -> None:
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # stopped at a safe point: the parent records it
         if os.environ.get("RANK", "0") == "0":
-            stopped = {"signal": "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"}
-            if isinstance(exc, Terminated):
-                stopped["signal"] = str(exc).partition(" ")[0] or "SIGTERM"
-            stopped["message"] = str(exc)
+            # a Terminated message starts with what asked ("SIGTERM arrived…", "SIGINT …")
+            said = str(exc).partition(" ")[0] or "SIGTERM"
+            name = said if isinstance(exc, Terminated) else "SIGINT"
+            stopped = {"signal": name, "message": str(exc)}
             (run_dir / STOPPED_FILE).write_text(json.dumps(stopped), encoding="utf-8")
         raise SystemExit(0) from None  # torchrun then ends quietly; the parent decides
 

@@ -84,16 +84,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     white); they are scaled to 8 bits instead, and float images from [0, 1]."""
     import numpy as np
 
-    if image.mode.startswith("I;16") or image.mode == "I":
-        samples = np.asarray(image, dtype=np.float64)
-        wide = image.mode != "I" or samples.max(initial=0) > 255  # "I" may hold 8-bit values
-        scaled = samples / 257.0 if wide else samples
-        image = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
-    elif image.mode == "F":
-        samples = np.asarray(image, dtype=np.float64)
+    if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
+        return image.convert("RGB")
+    samples = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
         scale = 255.0 if samples.max(initial=0) <= 1.0 else 1.0
-        image = Image.fromarray(np.clip(np.rint(samples * scale), 0, 255).astype(np.uint8), "L")
-    return image.convert("RGB")
+    else:  # 16-bit; "I" may also hold 8-bit values
+        wide = image.mode != "I" or samples.max(initial=0) > 255
+        scale = 1 / 257.0 if wide else 1.0
+    gray = np.clip(np.rint(samples * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
 
 
 def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> str | None:
