@@ -155,18 +155,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = run_in_job(job, paths, env, argv=[sys.executable, "-m", "inflame.job", *raw])
     except InflameError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(exc.exit_code) from None
+        _leave(exc.exit_code, real_process=argv is None)
+        return
     except KeyboardInterrupt as exc:  # a process other than rank 0, stopped with the others
         from inflame.stopping import EXIT_CODE, Terminated
 
         print(f"inflame: stopped ({exc or 'SIGINT'})", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_CODE if isinstance(exc, Terminated) else 130) from None
+        _leave(EXIT_CODE if isinstance(exc, Terminated) else 130, real_process=argv is None)
     if result.manifest.get("status") == "completed":
         print(
             f"inflame: run complete in {result.run_dir}; weights sha256 "
             f"{result.manifest.get('weights_sha256')}",
             flush=True,
         )
+    _leave(0, real_process=argv is None)
+
+
+def _leave(code: int, *, real_process: bool) -> None:
+    """Exit with `code`; one process of several (a real one, not a test calling main) skips
+    the interpreter's teardown, which can abort after DDP (`exit_without_teardown`)."""
+    if real_process and int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        from inflame.stopping import exit_without_teardown
+
+        exit_without_teardown(code)
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,15 @@ optimizer step, lets the checkpoint in flight finish, and is recorded as interru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_CODE = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
 # A file whose appearance asks the processes of a multi-process run to stop: the parent
@@ -83,3 +85,15 @@ def safe_points() -> Iterator[None]:
         yield
     finally:
         _state["safe"] -= 1
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End one process of a multi-process run with `code`, skipping the interpreter's
+    teardown. At exit, torch's C++ destructors left by a (destroyed) gloo process group
+    sometimes abort ("terminate called without an active exception", SIGABRT), which
+    torchrun then reports as a crash with a traceback. Everything the process wrote is
+    closed by then (checkpoints are waited for); stdio is flushed here."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

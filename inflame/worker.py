@@ -14,11 +14,15 @@ import sys
 from pathlib import Path
 
 from inflame.errors import InflameError
-from inflame.stopping import Terminated, on_sigterm
+from inflame.stopping import Terminated, exit_without_teardown, on_sigterm
 
 
 def main() -> None:
-    run_dir, spec_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    exit_without_teardown(_work(Path(sys.argv[1]), Path(sys.argv[2])))
+
+
+def _work(run_dir: Path, spec_dir: Path) -> int:
+    """Run this process's share of the job; the exit code (a crash still raises)."""
     from inflame.jobprep import prepare_job
     from inflame.launcher import EXTRA_INPUTS, STOPPED_FILE, handoff
     from inflame.runs import SPEC_FILE
@@ -44,7 +48,7 @@ def main() -> None:
             close_distributed()
     except InflameError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(exc.exit_code) from None
+        return exc.exit_code
     except KeyboardInterrupt as exc:  # stopped at a safe point: the parent records it
         if os.environ.get("RANK", "0") == "0":
             # a Terminated message starts with what asked ("SIGTERM arrived…", "SIGINT …")
@@ -52,7 +56,8 @@ def main() -> None:
             name = said if isinstance(exc, Terminated) else "SIGINT"
             stopped = {"signal": name, "message": str(exc)}
             (run_dir / STOPPED_FILE).write_text(json.dumps(stopped), encoding="utf-8")
-        raise SystemExit(0) from None  # torchrun then ends quietly; the parent decides
+        return 0  # torchrun then ends quietly; the parent decides
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Faults: data that would be misread silently. Junk folders are not classes; a class with
 no (readable) images, a single class and one-image batches are clear errors; 16-bit images
-and EXIF orientation load as they look."""
+and EXIF orientation load as they look; a folder or image the user may not read is named."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from inflame.data.dataset import ImageFolderDataset
 from inflame.data.decoded import decode_image
 from inflame.data.images import open_image, scan_image_folder
 from inflame.errors import DataError
+from tests.conftest import guarded_env
 from tests.helpers import assert_clean_error
 
 
@@ -100,3 +104,52 @@ def test_training_refuses_a_single_class_cleanly(cli, write_spec, tmp_path):
     root = image_set(tmp_path / "one", {"cat": 4})
     result = cli("train", "--local", write_spec(data={"train": str(root), "val": str(root)}))
     assert_clean_error(result, "a classifier needs at least two")
+
+
+def unprivileged(command: list[str]) -> list[str]:
+    """`command` run so that file permissions apply: root ignores them unless it drops the
+    capabilities that bypass them (tests usually run as root in containers)."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "as root, permission tests need setpriv (util-linux) to drop DAC capabilities"
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
+
+
+@pytest.mark.parametrize("locked", ["class folder", "image"])
+def test_a_class_folder_or_image_without_read_permission_is_named(write_spec, tmp_path, locked):
+    root = image_set(tmp_path / "set", {"cat": 3, "dog": 3})
+    target = root / "dog" if locked == "class folder" else root / "dog" / "1.png"
+    target.chmod(0)
+    try:
+        result = subprocess.run(
+            unprivileged(
+                [
+                    sys.executable,
+                    "-m",
+                    "inflame",
+                    "train",
+                    "--local",
+                    str(write_spec(data={"train": str(root), "val": str(root)})),
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=guarded_env(
+                INFLAME_RUNS_DIR=str(tmp_path / "runs"),
+                COLUMNS="200",
+                INFLAME_HOME=str(tmp_path / "home"),
+            ),
+            timeout=300,
+        )
+    finally:
+        target.chmod(0o755)
+    if locked == "class folder":
+        assert_clean_error(
+            result, f"Class folder {target} cannot be read (permission denied)", "chmod -R u+rX"
+        )
+    else:
+        assert_clean_error(result, f"Permission denied: {target}.", "Fix the permissions")
+    assert not list((tmp_path / "runs").glob("*/weights.safetensors"))

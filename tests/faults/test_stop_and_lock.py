@@ -23,6 +23,12 @@ def manifest_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """A process started in the background of a shell (`pytest … &`, nohup) inherits SIGINT
+    ignored, and Python then leaves it ignored: give the run a terminal's default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_training(tmp_path: Path, *args: str | Path) -> subprocess.Popen[str]:
     env = guarded_env(INFLAME_RUNS_DIR=str(tmp_path / "runs"), INFLAME_HOME=str(tmp_path / "h"))
     return subprocess.Popen(
@@ -32,6 +38,7 @@ def start_training(tmp_path: Path, *args: str | Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
 
 
