@@ -223,6 +223,53 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command("eval")
+def evaluate(
+    run: Annotated[
+        str, typer.Argument(help="Run directory, run name, or `latest`.", show_default=False)
+    ] = "latest",
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="A data input of the run (test, val, ...) or a folder with one sub-folder per "
+            "class. Default: the run's test input, else its val input.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report folder (default: RUN/eval).")
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Report top-2..K accuracy.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Score a run's model: metrics, confusion matrix, calibration, an HTML report."""
+    from inflame.evaluation.report import evaluate_run
+    from inflame.runs import resolve_run
+
+    result = evaluate_run(
+        resolve_run(run, runs_dir), data, out_dir=out, top_k=top_k, batch_size=batch_size
+    )
+    report = result.report
+    console = _stderr()
+    if report["data"]["changed_since_training"]:
+        console.print(
+            f"warning: {report['data']['path']} has changed since the run trained on it "
+            "(its fingerprint differs from the one in the manifest)"
+        )
+    line = f"{report['images']} images: accuracy {report['accuracy']:.4f}"
+    for k, value in report["top_k_accuracy"].items():
+        line += f", top-{k} {value:.4f}"
+    line += (
+        f", loss {report['loss']:.4f}, macro F1 {report['macro']['f1']:.4f}, "
+        f"ECE {report['expected_calibration_error']:.4f}"
+    )
+    console.print(line)
+    console.print(f"report: {result.out_dir / 'report.html'}")
+    print(result.out_dir)
+
+
 @runs_app.callback(invoke_without_command=True)
 def runs_list(
     ctx: typer.Context,
@@ -280,6 +327,67 @@ def runs_list(
     for s in summaries:
         if s.problem:
             _stderr().print(f"warning: {s.path.name} is unreadable: {s.problem}")
+
+
+@runs_app.command("compare")
+def runs_compare(
+    runs: Annotated[
+        list[str], typer.Argument(help="Two or more runs (directory or name).", show_default=False)
+    ],
+    runs_dir: RunsDir = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also draw their curves together (PNG).")
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Show every hyperparameter, not only those that differ.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Runs side by side: the hyperparameters that differ, and their results."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from inflame.evaluation.compare import compare_runs, plot_comparison
+    from inflame.runs import resolve_run
+
+    run_dirs = [resolve_run(run, runs_dir) for run in runs]
+    comparison = compare_runs(run_dirs)
+    if plot is not None:
+        plot_comparison(run_dirs, plot)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "runs": [str(r) for r in comparison.runs],
+                    "hyperparameters": comparison.hyperparameters,
+                    "differing": comparison.differing,
+                    "results": comparison.results,
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(title="Runs compared")
+    table.add_column("")
+    for run in comparison.runs:
+        table.add_column(run.name, overflow="fold")
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    shown = comparison.hyperparameters if show_all else comparison.differing
+    for name in shown:
+        table.add_row(name, *map(cell, comparison.hyperparameters[name]))
+    if not comparison.differing:
+        table.add_row("(hyperparameters)", *(["all equal"] * len(comparison.runs)))
+    table.add_section()
+    for name, values in comparison.results.items():
+        table.add_row(name, *map(cell, values))
+    Console().print(table)
+    if plot is not None:
+        _stderr().print(f"curves: {plot}")
 
 
 @cache_app.command("ls")

@@ -85,6 +85,8 @@ _OWNED_KEYS = frozenset(
         "host",
         "world_size",
         "error",
+        "curves",
+        "evaluations",
     }
 )
 
@@ -272,7 +274,11 @@ def handoff(ctx: Context) -> dict[str, Any]:
 
 def _finish(run_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any]) -> TrainResult:
     """Hash every output into the manifest and mark the run completed."""
+    from inflame.evaluation.curves import draw_curves
+
     outputs = hash_outputs(run_dir)
+    saved = recorded.get("records", {}).get("saved") or {}
+    curves = draw_curves(run_dir, manifest["job"]["name"], saved.get("epoch"))
     for key, value in recorded.get("records", {}).items():
         if key in _OWNED_KEYS:
             print(f"warning: ctx.record({key!r}) ignored: the launcher owns it", file=sys.stderr)
@@ -285,6 +291,7 @@ def _finish(run_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any]) -
         extra_inputs=recorded.get("extra_inputs", {}),
         outputs=outputs,
         weights_sha256=outputs.get("weights.safetensors"),
+        curves=curves,
     )
     manifest.pop("error", None)
     try:

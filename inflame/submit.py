@@ -175,6 +175,9 @@ def download(record: JobRecord, destination: Path) -> Path:
                 f"The output of job {provider_id} holds no model/model.json; did the app "
                 "save its model to ctx.output_dir?"
             )
+        from inflame.evaluation.curves import draw_missing_curves
+
+        draw_missing_curves(staging)
         if destination.exists():
             destination.rmdir()  # empty, checked above
         staging.rename(destination)

@@ -25,6 +25,7 @@ from moto import mock_aws
 
 from inflame import tomlfile
 from inflame.errors import InflameError
+from inflame.hashing import sha256_file
 from inflame.ledger import Ledger
 from inflame.submit import cancel, download, job_logs, plan_submission, refresh, submit_plan
 from inflame.targets.sagemaker import _botocore_model, instance_gpus, validate_request
@@ -593,10 +594,12 @@ def test_two_nodes_of_two_processes_train_resume_and_download(
     bucket, _, key = artifact[len("s3://") :].partition("/")
     boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=raw.getvalue())
     local = download(record, tmp_path / "downloaded")
-    assert (
-        json.loads((local / "manifest.json").read_text())["weights_sha256"]
-        == (manifest["weights_sha256"])
-    )
+    fetched = json.loads((local / "manifest.json").read_text())
+    assert fetched["weights_sha256"] == manifest["weights_sha256"]
+    # the image has no matplotlib: the job says so, and `download` draws the curves
+    assert manifest["curves"]["error"].startswith("not drawn in the job")
+    assert fetched["curves"]["drawn"] == "on download"
+    assert fetched["curves"]["sha256"] == sha256_file(local / "curves.png")
     with pytest.raises(InflameError, match="not empty"):
         download(record, tmp_path / "downloaded")
 

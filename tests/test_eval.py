@@ -1,0 +1,276 @@
+"""`inflame eval`: the numbers agree with an independent computation (scikit-learn, numpy) and
+with the run's own test score; the report is complete, self-contained and recorded in the
+manifest; bad data is a clean error that leaves the previous report in place."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn import metrics as sk
+
+from inflame import tomlfile
+from inflame.data.demo import make_demo_dataset
+from inflame.data.images import scan_image_folder
+from inflame.evaluation.report import REPORT_FILES
+from inflame.hashing import sha256_file
+from inflame.launcher import train_local
+from inflame.predict import Predictor
+from tests.conftest import TINY_HPARAMS, guarded_env
+from tests.helpers import assert_clean_error
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of the tiny fowl classifier: 3 classes, a 12-image test set on which
+    it is right sometimes and wrong sometimes."""
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "demo"
+    make_demo_dataset(data, per_class=20, image_size=32, seed=11, ratios=(0.6, 0.2, 0.2))
+    spec = {
+        "job": {"name": "evaluated", "app": "fowl_classifier", "seed": 5},
+        "data": {name: str(data / name) for name in ("train", "val", "test")},
+        "hyperparameters": {**TINY_HPARAMS, "epochs": 3},
+    }
+    path = root / "job.toml"
+    path.write_text(tomlfile.dumps(spec), encoding="utf-8")
+    return train_local(path, run_dir=root / "run").run_dir
+
+
+def inflame(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "inflame", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=guarded_env(COLUMNS="200", INFLAME_HOME=str(cwd / "home")),
+        timeout=300,
+    )
+
+
+def independent_probabilities(run: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """True labels and the model's class probabilities, image by image, through predict."""
+    predictor = Predictor.from_run(run)
+    _, samples = scan_image_folder(root, predictor.classes)
+    probs = np.zeros((len(samples), len(predictor.classes)))
+    answers = predictor.predict([s.path for s in samples], top_k=len(predictor.classes))
+    for i, answer in enumerate(answers):
+        for item in answer["top_k"]:  # rounded to 4 digits by predict
+            probs[i, predictor.classes.index(item["label"])] = item["probability"]
+    return np.array([s.label for s in samples]), probs / probs.sum(axis=1, keepdims=True)
+
+
+def test_eval_numbers_match_an_independent_computation(trained: Path, tmp_path: Path):
+    result = inflame("eval", trained, "--top-k", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = Path(result.stdout.strip().splitlines()[-1])
+    assert out == trained / "eval"
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)
+    report = json.loads((out / "report.json").read_text())
+    manifest = json.loads((trained / "manifest.json").read_text())
+    test_input = manifest["data"]["inputs"]["test"]
+    assert report["data"]["path"] == test_input["path"] and report["data"]["input"] == "test"
+
+    labels, probs = independent_probabilities(trained, Path(test_input["path"]))
+    predicted = probs.argmax(axis=1)
+    n = len(report["classes"])
+    assert report["images"] == len(labels) == 12
+    assert 0 < report["accuracy"] < 1, "the test needs a model that is sometimes wrong"
+    assert report["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
+    assert report["top_k_accuracy"]["2"] == pytest.approx(
+        sk.top_k_accuracy_score(labels, probs, k=2, labels=range(n))
+    )
+    assert report["loss"] == pytest.approx(sk.log_loss(labels, probs, labels=range(n)), abs=2e-3)
+    precision, recall, f1, support = sk.precision_recall_fscore_support(
+        labels, predicted, labels=range(n), zero_division=0
+    )
+    for i, name in enumerate(report["classes"]):
+        row = report["per_class"][name]
+        assert row["precision"] == pytest.approx(precision[i])
+        assert row["recall"] == pytest.approx(recall[i])
+        assert row["f1"] == pytest.approx(f1[i])
+        assert row["support"] == support[i] == 4
+    for average in ("macro", "weighted"):
+        p, r, f, _ = sk.precision_recall_fscore_support(
+            labels, predicted, labels=range(n), average=average, zero_division=0
+        )
+        assert [report[average][k] for k in ("precision", "recall", "f1")] == pytest.approx(
+            [p, r, f]
+        )
+    assert report["confusion_matrix"] == sk.confusion_matrix(labels, predicted).tolist()
+
+    # expected calibration error: |accuracy - confidence| per confidence bin, weighted
+    confidence, correct = probs.max(axis=1), predicted == labels
+    bins = np.minimum((confidence * 15).astype(int), 14)
+    ece = sum(
+        (bins == b).mean() * abs(correct[bins == b].mean() - confidence[bins == b].mean())
+        for b in set(bins.tolist())
+    )
+    assert report["expected_calibration_error"] == pytest.approx(ece, abs=2e-3)
+    shown = [b for b in report["reliability"] if b["images"]]
+    assert sum(b["images"] for b in shown) == 12
+    assert sum(b["images"] / 12 * abs(b["accuracy"] - b["confidence"]) for b in shown) == (
+        pytest.approx(report["expected_calibration_error"])
+    )
+
+    # the training's own test score (another code path) says the same
+    tests = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    scored = next(r for r in tests if "test_accuracy" in r)
+    assert report["accuracy"] == pytest.approx(scored["test_accuracy"], abs=1e-9)
+    assert report["loss"] == pytest.approx(scored["test_loss"], abs=1e-4)
+
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["predicted_label"] for r in rows] == [report["classes"][i] for i in predicted]
+    assert [r["true_label"] for r in rows] == [report["classes"][i] for i in labels]
+    assert [r["correct"] == "true" for r in rows] == correct.tolist()
+    assert [float(r["probability"]) for r in rows] == pytest.approx(confidence, abs=1e-4)
+
+    recorded = json.loads((trained / "manifest.json").read_text())["evaluations"]["eval"]
+    assert recorded["data"]["fingerprint"] == test_input["fingerprint"]
+    assert recorded["accuracy"] == report["accuracy"]
+    assert recorded["files"] == {name: sha256_file(out / name) for name in REPORT_FILES}
+    assert "evaluated" not in result.stderr and "accuracy" in result.stderr
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: dict[str, str] = {}
+        self.links: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "img":
+            self.images[found.get("id") or f"img{len(self.images)}"] = found["src"] or ""
+        for key in ("href", "src"):
+            if found.get(key) and not str(found[key]).startswith("data:"):
+                self.links.append(str(found[key]))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_the_html_report_is_self_contained_and_every_picture_decodes(trained: Path, tmp_path):
+    out = tmp_path / "report"
+    result = inflame("eval", trained, "--data", "val", "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    page = _Page()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    assert page.links == []  # nothing outside the file
+    assert {"curves", "confusion-matrix", "reliability"} <= set(page.images)
+    report = json.loads((out / "report.json").read_text())
+    mistakes = report["images"] - round(report["accuracy"] * report["images"])
+    assert len(page.images) == 3 + min(mistakes, 12)  # plus a thumbnail per mistake
+    for name, src in page.images.items():
+        header, _, payload = src.partition(",")
+        assert header in ("data:image/png;base64", "data:image/jpeg;base64"), name
+        with Image.open(io.BytesIO(base64.b64decode(payload))) as picture:
+            picture.load()
+            assert min(picture.size) > 16, name
+    with Image.open(
+        io.BytesIO(base64.b64decode(page.images["confusion-matrix"].split(",")[1]))
+    ) as m:
+        assert m.tobytes() == Image.open(out / "confusion_matrix.png").tobytes()
+    text = " ".join(page.text)
+    with open(out / "results.csv", newline="") as handle:  # the most confident mistakes first
+        wrong = [r for r in csv.DictReader(handle) if r["correct"] == "false"]
+    wrong.sort(key=lambda r: -float(r["probability"]))
+    captions = [t for t in page.text if t.endswith((".png", ".jpg"))]
+    assert captions == [Path(r["image"]).name for r in wrong[:12]]
+    assert all(name in text for name in report["classes"])
+    assert f"{report['accuracy']:.4f}" in text
+    # an --out outside the run is recorded by its absolute path, next to the default one
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert manifest["evaluations"][str(out)]["data"]["input"] == "val"
+
+
+def test_bad_data_is_a_clean_error_and_the_previous_report_stays(trained: Path, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    data = tmp_path / "data"
+    shutil.copytree(
+        json.loads((run / "manifest.json").read_text())["data"]["inputs"]["test"]["path"], data
+    )
+    first = inflame("eval", run, "--data", data, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in (run / "eval").iterdir()}
+
+    broken = sorted((data / "circle").iterdir())[0]
+    broken.write_bytes(b"\x89PNG not really")
+    result = inflame("eval", run, "--data", data, cwd=tmp_path)
+    assert_clean_error(result, "1 unreadable image(s)", broken.name)
+    assert {p.name: p.read_bytes() for p in (run / "eval").iterdir()} == before
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".eval")) == []
+
+    (data / "owl").mkdir()
+    shutil.copy(sorted((data / "square").iterdir())[0], data / "owl" / "x.png")
+    assert_clean_error(inflame("eval", run, "--data", data, cwd=tmp_path), "owl")
+    assert_clean_error(
+        inflame("eval", run, "--data", "nowhere", cwd=tmp_path),
+        "--data 'nowhere' is neither one of the run's data inputs (train, val, test)",
+    )
+
+
+def test_changed_test_data_is_evaluated_with_a_warning(trained: Path, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    data = tmp_path / "test"
+    shutil.copytree(manifest["data"]["inputs"]["test"]["path"], data)
+    manifest["data"]["inputs"]["test"]["path"] = str(data)  # the run's test input, moved here
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    victim = sorted((data / "square").iterdir())[0]
+    Image.open(victim).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(victim)
+    result = inflame("eval", run, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "has changed since the run trained on it" in result.stderr
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["data"]["changed_since_training"] is True
+
+
+def test_runs_compare_shows_what_differs_and_plots_the_curves_together(trained, tmp_path):
+    spec = tomlfile.loads((trained / "spec.toml").read_text())
+    spec["hyperparameters"].update(learning_rate=0.01, epochs=2)
+    (tmp_path / "other.toml").write_text(tomlfile.dumps(spec), encoding="utf-8")
+    other = train_local(tmp_path / "other.toml", run_dir=tmp_path / "other").run_dir
+
+    result = inflame(
+        "runs", "compare", trained, other, "--json", "--plot", "both.png", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    compared = json.loads(result.stdout)
+    assert sorted(compared["differing"]) == ["epochs", "learning_rate"]
+    assert compared["hyperparameters"]["learning_rate"] == [0.001, 0.01]
+    results = compared["results"]
+    assert results["epochs"] == [3, 2] and results["status"] == ["completed"] * 2
+    for i, run in enumerate((trained, other)):
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert results["test_accuracy"][i] == next(
+            r["test_accuracy"] for r in records if "test_accuracy" in r
+        )
+        saved = json.loads((run / "manifest.json").read_text())["saved"]["epoch"]
+        assert results["val_accuracy"][i] == next(
+            r["val_accuracy"] for r in records if r.get("epoch") == saved
+        )
+    with Image.open(tmp_path / "both.png") as picture:
+        assert picture.format == "PNG" and picture.size[0] > 400
+
+    table = inflame("runs", "compare", trained, other, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert "learning_rate" in table.stdout and "architecture" not in table.stdout
+    assert (
+        "architecture" in inflame("runs", "compare", trained, other, "--all", cwd=tmp_path).stdout
+    )
+    assert_clean_error(inflame("runs", "compare", trained, cwd=tmp_path), "at least two runs")
