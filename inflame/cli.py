@@ -329,6 +329,24 @@ def runs_list(
             _stderr().print(f"warning: {s.path.name} is unreadable: {s.problem}")
 
 
+@runs_app.command("sync")
+def runs_sync(
+    run: Annotated[str, typer.Argument(help="Run directory, run name, or `latest`.")],
+    runs_dir: RunsDir = None,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="Write TensorBoard event files (RUN/tensorboard).")
+    ] = False,
+) -> None:
+    """Replay a run's metrics into its trackers (after a tracker failed, or to add one)."""
+    from inflame.runs import resolve_run
+    from inflame.tracking.sync import sync_run
+
+    run_dir = resolve_run(run, runs_dir)
+    synced = sync_run(run_dir, ["tensorboard"] if tensorboard else None)
+    for name, where in synced.items():
+        print(f"{name}: {where.get('records', 0)} record(s) -> {where.get('log_dir', '')}")
+
+
 @runs_app.command("compare")
 def runs_compare(
     runs: Annotated[

@@ -46,10 +46,11 @@ from inflame.runs import (
 from inflame.runtime import (
     Context,
     DataInputs,
-    MetricsLog,
     distributed_ranks,
     local_context,
+    metrics_log,
     require_local_data,
+    require_trackers,
 )
 from inflame.spec import JobSpec, load_spec
 from inflame.stopping import STOP_FILE_ENV, Terminated, on_sigterm
@@ -87,6 +88,7 @@ _OWNED_KEYS = frozenset(
         "error",
         "curves",
         "evaluations",
+        "tracking",
     }
 )
 
@@ -268,8 +270,14 @@ def _execute(
 
 
 def handoff(ctx: Context) -> dict[str, Any]:
-    """What the app's process adds to the manifest: extra inputs and `ctx.record` values."""
-    return {"extra_inputs": ctx.recorded_inputs, "records": ctx.records}
+    """What the app's process adds to the manifest: extra inputs, `ctx.record` values and
+    where its metrics were tracked (its trackers are closed here)."""
+    ctx.metrics.close()
+    return {
+        "extra_inputs": ctx.recorded_inputs,
+        "records": ctx.records,
+        "tracking": ctx.metrics.tracking(),
+    }
 
 
 def _finish(run_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any]) -> TrainResult:
@@ -293,6 +301,8 @@ def _finish(run_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any]) -
         weights_sha256=outputs.get("weights.safetensors"),
         curves=curves,
     )
+    if recorded.get("tracking"):
+        manifest["tracking"] = recorded["tracking"]
     manifest.pop("error", None)
     try:
         write_json_atomic(run_dir / MANIFEST, manifest)
@@ -417,6 +427,7 @@ def _train_local(
     job = prepare_job(spec_path, overrides)
     spec, app = job.spec, job.app
     require_local_data(spec)
+    require_trackers(spec)
     data = hash_data_inputs({name: item.path for name, item in spec.data.items()})
 
     if resume_dir is not None and previous is not None:
@@ -587,7 +598,7 @@ def run_in_job(
         spec_dir=spec.folder,
         run_dir=run_dir,
         bad_images=spec.job.bad_images,
-        metrics=MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None),
+        metrics=metrics_log(spec, run_dir, rank, env),
         performance=spec.compute.performance,
     )
     return _execute(app, ctx, run_dir, manifest, "the platform restarts it from there")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,10 +62,15 @@ class DataInputs(Mapping[str, Path]):
 
 
 class MetricsLog:
-    """Append-only JSON-lines metrics file (written by the main process only)."""
+    """Append-only JSON-lines metrics file (written by the main process only), and the
+    trackers each record is sent to after it is written (`sinks`, e.g. TensorBoard). A sink
+    that fails is dropped with one warning and its error kept in `sink_errors`: a tracker
+    never stops a run (`inflame runs sync` replays the file into it later)."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, sinks: Sequence[Callable[..., None]] = ()):
         self.path = path
+        self.sinks = list(sinks)
+        self.sink_errors: dict[str, str] = {}
 
     def append(self, record: Mapping[str, Any]) -> None:
         if self.path is None:
@@ -73,6 +79,40 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=False) + "\n")
             handle.flush()
+        for sink in list(self.sinks):
+            try:
+                sink(record)
+            except Exception as exc:  # a tracker's failure must not fail the run
+                self.sinks.remove(sink)
+                name = getattr(sink, "name", type(sink).__name__)
+                self.sink_errors[name] = f"{type(exc).__name__}: {exc}"
+                print(
+                    f"warning: {name} tracking stopped ({self.sink_errors[name]}); the run "
+                    f"goes on. `inflame runs sync {self.path.parent}` replays its metrics later.",
+                    file=sys.stderr,
+                )
+
+    def tracking(self) -> dict[str, Any]:
+        """For the manifest: each tracker's destination, or its error and the way to replay."""
+        found: dict[str, Any] = {}
+        for sink in self.sinks:
+            describe = getattr(sink, "describe", None)
+            found[getattr(sink, "name", type(sink).__name__)] = describe() if describe else {}
+        for name, error in self.sink_errors.items():
+            run = self.path.parent if self.path is not None else "RUN"
+            found[name] = {"error": error, "sync": f"inflame runs sync {run}"}
+        return found
+
+    def close(self) -> None:
+        """Close the sinks (flushes their files)."""
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:  # as in append
+                    name = getattr(sink, "name", type(sink).__name__)
+                    self.sink_errors[name] = f"{type(exc).__name__}: {exc}"
 
     def read(self) -> list[dict[str, Any]]:
         if self.path is None or not self.path.exists():
@@ -85,11 +125,19 @@ class MetricsLog:
                 continue  # a line cut short by a kill: dropped on the next truncate
         return records
 
-    def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
-        """Keep only the records for which keep(record) is true (used when resuming)."""
+    def keep_through_epoch(self, done: int) -> None:
+        """Keep the records logged up to the end of epoch `done` (0: none), as a resume from
+        its checkpoint must: what came after (a later epoch, the test score of a run stopped
+        before it saved its model) is logged again."""
         if self.path is None or not self.path.exists():
             return
-        kept = [r for r in self.read() if keep(r)]
+        records = self.read()
+        end = 0
+        for i, record in enumerate(records):
+            epoch = record.get("epoch")
+            if isinstance(epoch, int) and epoch <= done:
+                end = i + 1
+        kept = records[:end]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         os.replace(tmp, self.path)
@@ -196,6 +244,29 @@ def require_local_data(spec: JobSpec) -> None:
             )
 
 
+def metrics_log(spec: JobSpec, run_dir: Path, rank: int, env: Mapping[str, str]) -> MetricsLog:
+    """RUN/metrics.jsonl and the spec's trackers on the main process; nothing elsewhere."""
+    if rank != 0:
+        return MetricsLog(None)
+    sinks: list[Callable[..., None]] = []
+    if spec.tracking.tensorboard:
+        from inflame.tracking.tensorboard import TensorBoardLog, log_dir
+
+        sinks.append(TensorBoardLog(log_dir(run_dir, env)))
+    return MetricsLog(run_dir / "metrics.jsonl", sinks)
+
+
+def require_trackers(spec: JobSpec) -> None:
+    """A tracker the spec asks for must be installed here (checked before a local run)."""
+    from importlib.util import find_spec
+
+    if spec.tracking.tensorboard and find_spec("tensorboard") is None:
+        raise InflameError(
+            f"{spec.locate(('tracking', 'tensorboard'))} asks for TensorBoard, which is not "
+            "installed. Install it (`pip install tensorboard`), or set `tensorboard = false`."
+        )
+
+
 def local_context(
     spec: JobSpec,
     hparams: Mapping[str, Any],
@@ -206,6 +277,7 @@ def local_context(
     env = os.environ if env is None else env
     rank, local_rank, world_size = distributed_ranks(env)
     require_local_data(spec)
+    require_trackers(spec)
     return Context(
         job_name=spec.job.name,
         data=DataInputs({n: item.path for n, item in spec.data.items()}, where=str(spec.path)),
@@ -220,6 +292,6 @@ def local_context(
         spec_dir=spec.folder,
         run_dir=run_dir,
         bad_images=spec.job.bad_images,
-        metrics=MetricsLog(run_dir / "metrics.jsonl" if rank == 0 else None),
+        metrics=metrics_log(spec, run_dir, rank, env),
         performance=spec.compute.performance,
     )

@@ -23,7 +23,8 @@ from inflame.performance import KEYS as PERFORMANCE_KEYS
 from inflame.performance import Performance, parse_performance
 from inflame.targets import PROVIDERS, data_schemes
 
-SECTIONS = ("job", "data", "hyperparameters", "compute", "targets")
+SECTIONS = ("job", "data", "hyperparameters", "compute", "targets", "tracking")
+TRACKING_KEYS = ("tensorboard",)
 JOB_KEYS = ("name", "app", "seed", "description", "bad_images")
 COMPUTE_KEYS = ("gpus_per_node", "nodes", "spot", "max_runtime", "disk_gb", *PERFORMANCE_KEYS)
 KNOWN_TARGETS = ("local", *PROVIDERS)
@@ -72,6 +73,16 @@ class ComputeSection:
 
 
 @dataclass(frozen=True)
+class TrackingSection:
+    """Where a run's metrics go besides metrics.jsonl."""
+
+    tensorboard: bool = False
+
+    def changed(self) -> dict[str, Any]:
+        return {"tensorboard": True} if self.tensorboard else {}
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A validated job spec. Local paths are absolute; `hyperparameters` are as written
     until an app resolves them (see `with_hyperparameters`)."""
@@ -83,6 +94,7 @@ class JobSpec:
     compute: ComputeSection
     targets: dict[str, dict[str, Any]]
     source_sha256: str
+    tracking: TrackingSection = field(default_factory=TrackingSection)
     overridden: frozenset[str] = frozenset()
     source_text: str = field(default="", repr=False, compare=False)
     # `${env:…}` references: key path -> the template as written, and the variables' values
@@ -130,6 +142,8 @@ class JobSpec:
         }
         if self.targets:
             out["targets"] = {name: dict(table) for name, table in self.targets.items()}
+        if self.tracking.changed():  # left out when off: older specs keep their hashes
+            out["tracking"] = self.tracking.changed()
         if not resolved:
             for key_path, template in self.env_refs.items():
                 _put_template(out, key_path, template)
@@ -533,6 +547,17 @@ def validate_spec(
             )
         targets[tname] = check.table(table, ("targets", tname))
 
+    tracking_raw = check.table(raw.get("tracking", {}), ("tracking",))
+    check.unknown_keys(tracking_raw, TRACKING_KEYS, ("tracking",))
+    tracking = TrackingSection(
+        tensorboard=check.typed(
+            tracking_raw.get("tensorboard", False),
+            bool,
+            ("tracking", "tensorboard"),
+            "true or false",
+        )
+    )
+
     return JobSpec(
         path=path,
         job=job,
@@ -545,6 +570,7 @@ def validate_spec(
         source_text=text,
         env_refs=env.refs,
         env_values=env.values,
+        tracking=tracking,
     )
 
 

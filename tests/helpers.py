@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -39,3 +41,17 @@ def write_cloud_spec(
                 spec.setdefault(table, {})[key] = value
     path.write_text(tomlfile.dumps(spec))
     return path
+
+
+def run_inflame(*args: str | Path, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m inflame ARGS` in `cwd` (its own INFLAME_HOME there), loopback only."""
+    from tests.conftest import guarded_env
+
+    return subprocess.run(
+        [sys.executable, "-m", "inflame", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=guarded_env(COLUMNS="200", INFLAME_HOME=str(cwd / "home"), **env),
+        timeout=300,
+    )

@@ -9,8 +9,6 @@ import csv
 import io
 import json
 import shutil
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -26,8 +24,8 @@ from inflame.evaluation.report import REPORT_FILES
 from inflame.hashing import sha256_file
 from inflame.launcher import train_local
 from inflame.predict import Predictor
-from tests.conftest import TINY_HPARAMS, guarded_env
-from tests.helpers import assert_clean_error
+from tests.conftest import TINY_HPARAMS
+from tests.helpers import assert_clean_error, run_inflame
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +45,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_local(path, run_dir=root / "run").run_dir
 
 
-def inflame(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "inflame", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=guarded_env(COLUMNS="200", INFLAME_HOME=str(cwd / "home")),
-        timeout=300,
-    )
-
-
 def independent_probabilities(run: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
     """True labels and the model's class probabilities, image by image, through predict."""
     predictor = Predictor.from_run(run)
@@ -71,7 +58,7 @@ def independent_probabilities(run: Path, root: Path) -> tuple[np.ndarray, np.nda
 
 
 def test_eval_numbers_match_an_independent_computation(trained: Path, tmp_path: Path):
-    result = inflame("eval", trained, "--top-k", "2", cwd=tmp_path)
+    result = run_inflame("eval", trained, "--top-k", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = Path(result.stdout.strip().splitlines()[-1])
     assert out == trained / "eval"
@@ -164,7 +151,7 @@ class _Page(HTMLParser):
 
 def test_the_html_report_is_self_contained_and_every_picture_decodes(trained: Path, tmp_path):
     out = tmp_path / "report"
-    result = inflame("eval", trained, "--data", "val", "--out", out, cwd=tmp_path)
+    result = run_inflame("eval", trained, "--data", "val", "--out", out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     page = _Page()
     page.feed((out / "report.html").read_text(encoding="utf-8"))
@@ -203,22 +190,22 @@ def test_bad_data_is_a_clean_error_and_the_previous_report_stays(trained: Path, 
     shutil.copytree(
         json.loads((run / "manifest.json").read_text())["data"]["inputs"]["test"]["path"], data
     )
-    first = inflame("eval", run, "--data", data, cwd=tmp_path)
+    first = run_inflame("eval", run, "--data", data, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in (run / "eval").iterdir()}
 
     broken = sorted((data / "circle").iterdir())[0]
     broken.write_bytes(b"\x89PNG not really")
-    result = inflame("eval", run, "--data", data, cwd=tmp_path)
+    result = run_inflame("eval", run, "--data", data, cwd=tmp_path)
     assert_clean_error(result, "1 unreadable image(s)", broken.name)
     assert {p.name: p.read_bytes() for p in (run / "eval").iterdir()} == before
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".eval")) == []
 
     (data / "owl").mkdir()
     shutil.copy(sorted((data / "square").iterdir())[0], data / "owl" / "x.png")
-    assert_clean_error(inflame("eval", run, "--data", data, cwd=tmp_path), "owl")
+    assert_clean_error(run_inflame("eval", run, "--data", data, cwd=tmp_path), "owl")
     assert_clean_error(
-        inflame("eval", run, "--data", "nowhere", cwd=tmp_path),
+        run_inflame("eval", run, "--data", "nowhere", cwd=tmp_path),
         "--data 'nowhere' is neither one of the run's data inputs (train, val, test)",
     )
 
@@ -233,7 +220,7 @@ def test_changed_test_data_is_evaluated_with_a_warning(trained: Path, tmp_path):
     (run / "manifest.json").write_text(json.dumps(manifest))
     victim = sorted((data / "square").iterdir())[0]
     Image.open(victim).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(victim)
-    result = inflame("eval", run, cwd=tmp_path)
+    result = run_inflame("eval", run, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "has changed since the run trained on it" in result.stderr
     report = json.loads((run / "eval" / "report.json").read_text())
@@ -246,7 +233,7 @@ def test_runs_compare_shows_what_differs_and_plots_the_curves_together(trained, 
     (tmp_path / "other.toml").write_text(tomlfile.dumps(spec), encoding="utf-8")
     other = train_local(tmp_path / "other.toml", run_dir=tmp_path / "other").run_dir
 
-    result = inflame(
+    result = run_inflame(
         "runs", "compare", trained, other, "--json", "--plot", "both.png", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -267,10 +254,11 @@ def test_runs_compare_shows_what_differs_and_plots_the_curves_together(trained, 
     with Image.open(tmp_path / "both.png") as picture:
         assert picture.format == "PNG" and picture.size[0] > 400
 
-    table = inflame("runs", "compare", trained, other, cwd=tmp_path)
+    table = run_inflame("runs", "compare", trained, other, cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     assert "learning_rate" in table.stdout and "architecture" not in table.stdout
     assert (
-        "architecture" in inflame("runs", "compare", trained, other, "--all", cwd=tmp_path).stdout
+        "architecture"
+        in run_inflame("runs", "compare", trained, other, "--all", cwd=tmp_path).stdout
     )
-    assert_clean_error(inflame("runs", "compare", trained, cwd=tmp_path), "at least two runs")
+    assert_clean_error(run_inflame("runs", "compare", trained, cwd=tmp_path), "at least two runs")

@@ -170,7 +170,7 @@ def fit(
             scaler.load_state_dict(state.scaler)
         best_state = state.best_model if state.best_model is not None else _state_copy(model)
         done = state.epoch
-        ctx.metrics.truncate(lambda r: r.get("epoch", 0) <= done)
+        ctx.metrics.keep_through_epoch(done)
         logged = {r.get("epoch") for r in ctx.metrics.read()}
         for record in state.history:  # e.g. a restarted cloud job starts with no metrics file
             if record["epoch"] not in logged:
@@ -178,7 +178,7 @@ def fit(
     else:
         state = TrainingState(epoch=0, model={})
         best_state = _state_copy(model)
-        ctx.metrics.truncate(lambda r: False)  # a fresh start: no stale lines
+        ctx.metrics.keep_through_epoch(0)  # a fresh start: no stale lines
     history = list(state.history)
 
     # DDP wraps the model after any checkpoint is loaded; `model` stays the plain module

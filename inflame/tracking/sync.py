@@ -1,0 +1,51 @@
+"""`inflame runs sync RUN`: replay a run's metrics.jsonl into its trackers, for a tracker
+that failed during the run or is wanted only now."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inflame.errors import RunError
+
+TRACKERS = ("tensorboard",)
+
+
+def wanted_trackers(run_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """The trackers the run's spec asked for or its manifest names."""
+    from inflame import tomlfile
+    from inflame.runs import SPEC_FILE
+
+    asked: dict[str, Any] = {}
+    spec_file = run_dir / SPEC_FILE
+    if spec_file.is_file():
+        asked = tomlfile.loads(spec_file.read_text(encoding="utf-8")).get("tracking") or {}
+    named = manifest.get("tracking") or {}
+    return [t for t in TRACKERS if asked.get(t) or t in named]
+
+
+def sync_run(run_dir: Path, trackers: list[str] | None = None) -> dict[str, Any]:
+    """Replay the run's records into `trackers` (default: those the run asked for); returns
+    what the manifest now says about each."""
+    from inflame.runlock import RunLock
+    from inflame.runs import MANIFEST, read_manifest, read_metrics, utc_now, write_json_atomic
+    from inflame.tracking import tensorboard
+
+    with RunLock(run_dir, purpose="syncing its trackers"):
+        manifest = read_manifest(run_dir)
+        chosen = trackers or wanted_trackers(run_dir, manifest)
+        if not chosen:
+            raise RunError(
+                f"Run {run_dir} asks for no tracker ([tracking] in its spec.toml is off). "
+                "Name one to send its metrics to, e.g. `inflame runs sync RUN --tensorboard`."
+            )
+        records = read_metrics(run_dir)
+        tracking = dict(manifest.get("tracking") or {})
+        for name in chosen:
+            if name == "tensorboard":
+                log_dir = str(run_dir / tensorboard.TENSORBOARD_DIR)
+                count = tensorboard.replay(records, log_dir)
+                tracking[name] = {"log_dir": log_dir, "synced": utc_now(), "records": count}
+        manifest["tracking"] = tracking
+        write_json_atomic(run_dir / MANIFEST, manifest)
+    return {name: tracking[name] for name in chosen}
