@@ -207,10 +207,8 @@ def build_bundle(
     spec_toml: str,
     *,
     exclude: Sequence[Path] = (),
-    entries: dict[str, bytes] | None = None,
 ) -> Bundle:
-    """The code bundle: app/…, spec.toml, entry.sh, vendor/inflame/…, vendor/<deps> (+
-    entries)."""
+    """The code bundle: app/…, spec.toml, entry.sh, vendor/inflame/…, vendor/<deps>."""
     app_files, secret_files = collect_files(app_folder, exclude)
     if not (app_folder / "app.py").is_file():
         raise InflameError(f"{app_folder} has no app.py to package.")
@@ -221,7 +219,6 @@ def build_bundle(
         members[name] = path.read_bytes()
     members["entry.sh"] = ENTRY_SCRIPT.read_bytes()
     members["spec.toml"] = spec_toml.encode()
-    members.update(entries or {})
 
     raw = io.BytesIO()
     with (

@@ -120,7 +120,11 @@ def _read_header(handle, size: int) -> tuple[dict, int]:
     if size < 8:
         raise TensorFileError("the file is shorter than a safetensors header")
     (length,) = struct.unpack("<Q", handle.read(8))
-    if length > min(_MAX_HEADER, size - 8):
+    if length > _MAX_HEADER:  # never read a crafted file's giant header into memory
+        raise TensorFileError(
+            f"the header claims {length} bytes, above the format's limit of {_MAX_HEADER}"
+        )
+    if length > size - 8:
         raise TensorFileError(f"the header claims {length} bytes, more than the file holds")
     try:
         header = json.loads(handle.read(length))

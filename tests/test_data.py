@@ -47,7 +47,7 @@ def test_allocate_and_ratios():
     assert allocate(7, (0.5, 0.5)) == [4, 3]
     assert sum(allocate(101, (0.7, 0.2, 0.1))) == 101
     assert parse_ratios("0.8,0.2") == (0.8, 0.2)
-    for bad in ("0.8,0.3", "a,b", "1", "0.5,0.5,0,0"):
+    for bad in ("0.8,0.3", "a,b", "1", "0.5,0.5,0,0", "1.5,-0.5", "1.2,-0.1,-0.1"):
         with pytest.raises(InflameError, match="--ratios"):
             parse_ratios(bad)
 
@@ -119,3 +119,16 @@ def test_scan_errors_are_clear(tmp_path: Path):
     make_demo_dataset(tmp_path / "v", per_class=2, image_size=16, ratios=None)
     with pytest.raises(DataError, match="classes that the training set lacks: triangle"):
         scan_image_folder(tmp_path / "v", classes=["circle", "square"])
+
+
+def test_split_keeps_sub_folders_inside_a_class(tmp_path: Path):
+    make_demo_dataset(tmp_path / "raw", per_class=4, image_size=16, ratios=None)
+    nested = tmp_path / "raw" / "circle" / "batch-2" / "more"
+    nested.mkdir(parents=True)
+    moved = sorted((tmp_path / "raw" / "circle").glob("*.jpg"))[:2]
+    for image in moved:
+        image.rename(nested / image.name)
+    report = split_dataset(tmp_path / "raw", tmp_path / "out", (0.5, 0.5), seed=1)
+    found = (tmp_path / "out").glob("*/circle/batch-2/more/*.jpg")
+    assert sorted(p.name for p in found) == [p.name for p in moved]
+    assert sum(report.counts[s]["circle"] for s in report.counts) == 4

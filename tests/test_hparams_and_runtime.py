@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from inflame.errors import InflameError, SpecError
-from inflame.hparams import HParam, positive, resolve_hparams
+from inflame.hparams import HParam, between, positive, resolve_hparams
 from inflame.runtime import DataInputs, distributed_ranks, local_context
 from inflame.spec import load_spec
 
@@ -104,3 +104,16 @@ def test_local_context_refuses_cloud_uris(tmp_path: Path):
     spec = load_spec(_spec(tmp_path, 'train = "gs://bucket/train"'))
     with pytest.raises(InflameError, match="cloud URI"):
         local_context(spec, {}, tmp_path / "run", env={})
+
+
+def test_range_checks_include_their_bounds_and_positive_excludes_zero():
+    check = between(0.0, 1.0)
+    for value in (0.0, 0.5, 1.0):
+        check(value)
+    for value in (-1e-9, 1.000001):
+        with pytest.raises(ValueError, match=r"must be between 0\.0 and 1\.0"):
+            check(value)
+    positive(1e-12)
+    for value in (0, 0.0, -3):
+        with pytest.raises(ValueError, match="must be positive"):
+            positive(value)

@@ -174,3 +174,17 @@ def test_download_tree_writes_below_the_prefix_and_refuses_escapes(tmp_path: Pat
         with pytest.raises(InflameError, match="Refusing to write"):
             download_tree(tmp_path / "e", "p/", [evil], lambda name: b"x")
     assert not (tmp_path / "evil").exists()
+
+
+def test_the_ledger_lives_in_inflame_home_in_a_private_folder(tmp_path: Path, monkeypatch):
+    import platformdirs
+
+    from inflame.ledger import HOME_ENV, inflame_home
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
+    assert inflame_home() == tmp_path / "home"
+    monkeypatch.delenv(HOME_ENV)
+    assert inflame_home() == Path(platformdirs.user_data_dir("inflame", appauthor=False))
+    ledger = Ledger(tmp_path / "new" / "deeper" / "ledger.sqlite")
+    assert ledger.path.is_file() and (ledger.path.stat().st_mode & 0o777) == 0o600
+    assert (ledger.path.parent.stat().st_mode & 0o777) == 0o700

@@ -370,6 +370,21 @@ def test_submit_status_logs_and_cancel_against_strict_moto(aws, sm_spec, tmp_pat
     assert calls.count("PutObject") == 3  # the tampering, and our upload again
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == plan.bundle.data
 
+    # a submission that crashed before the provider answered: its fate is unknown, so it
+    # still counts as in flight
+    ledger.begin(
+        target="sagemaker",
+        name="lost",
+        spec_sha256=plan.spec_sha256,
+        bundle_sha256=plan.bundle.sha256,
+        request={"locator": {}},
+    )
+    status = _training_job(plan.job_name).training_job_status
+    _training_job(plan.job_name).training_job_status = "Completed"
+    with pytest.raises(InflameError, match="already submitted to sagemaker"):
+        submit_plan(plan_submission(sm_spec(), "sagemaker"), ledger)
+    _training_job(plan.job_name).training_job_status = status
+
     state = refresh(record, ledger)
     assert state.state == "running" and ledger.get(record.id).status == "running"
 
@@ -397,6 +412,7 @@ def test_submit_status_logs_and_cancel_against_strict_moto(aws, sm_spec, tmp_pat
 
     monkeypatch.setattr(SageMakerResponse, "stop_training_job", stop_training_job, raising=False)
     cancel(record, ledger)
+    assert ledger.get(record.id).status == "stopping"  # recorded at once, before any refresh
     assert refresh(record, ledger).state == "stopping"
 
 

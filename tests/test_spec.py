@@ -81,6 +81,7 @@ def test_override_errors_name_the_override(spec_file: Path):
     assert "--set hyperparamters.epochs=3" in error_of(spec_file, "hyperparamters.epochs=3")
     assert "Did you mean `hyperparameters`?" in error_of(spec_file, "hyperparamters.epochs=3")
     assert "expected `section.key=value`" in error_of(spec_file, "epochs")
+    assert "the key must name a section and a key" in error_of(spec_file, "epochs=3")
     message = error_of(spec_file, "job.seed=abc")
     assert "--set job.seed" in message and "must be an integer" in message
 
@@ -120,6 +121,11 @@ def test_toml_syntax_error_gives_file_line_and_column(tmp_path: Path):
             ["unknown target `sagemakr`", "Did you mean `sagemaker`?"],
         ),
         (lambda t: t.replace("gpus_per_node = 2", "gpus_per_node = -1"), ["at least 0"]),
+        (lambda t: t.replace("seed = 7", "seed = -1"), ["`job.seed` must be 0 or more"]),
+        (  # a key the file lacks entirely is located by the file and the key path
+            lambda t: t.replace('[job]\nname = "fowl"\napp = "fowl_classifier"\nseed = 7\n', ""),
+            ["job.toml (job): the spec has no [job] table"],
+        ),
     ],
 )
 def test_invalid_specs_get_precise_errors(spec_file: Path, edit, fragments):
@@ -153,6 +159,28 @@ def test_resolved_spec_round_trips_with_the_same_hash(spec_file: Path, tmp_path:
     assert again.to_dict() == spec.to_dict()
     assert again.resolved_sha256 == spec.resolved_sha256
     assert load_spec(spec_file).resolved_sha256 != spec.resolved_sha256
+
+
+def test_the_resolved_hash_does_not_depend_on_key_order_or_a_zero_seed(spec_file: Path):
+    spec = load_spec(spec_file)
+    reordered = GOOD.replace(
+        "epochs = 3\nlearning_rate = 0.01", "learning_rate = 0.01\nepochs = 3"
+    ).replace('name = "fowl"\napp = "fowl_classifier"', 'app = "fowl_classifier"\nname = "fowl"')
+    assert reordered != GOOD
+    spec_file.write_text(reordered)
+    assert load_spec(spec_file).resolved_sha256 == spec.resolved_sha256  # resume accepts it
+    spec_file.write_text(GOOD.replace("seed = 7", "seed = 0"))
+    assert load_spec(spec_file).job.seed == 0
+
+
+def test_the_resolved_hash_follows_the_values_of_env_references(spec_file: Path, monkeypatch):
+    spec_file.write_text(GOOD.replace("learning_rate = 0.01", 'learning_rate = "${env:LR}"'))
+    monkeypatch.setenv("LR", "0.1")
+    first = load_spec(spec_file)
+    monkeypatch.setenv("LR", "0.2")
+    second = load_spec(spec_file)
+    assert first.to_dict() == second.to_dict()  # stored as the reference
+    assert first.resolved_sha256 != second.resolved_sha256  # but a resume sees the change
 
 
 def test_parse_helpers():

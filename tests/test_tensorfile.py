@@ -85,3 +85,18 @@ def test_damaged_files_are_refused(tmp_path: Path, content: bytes):
     path.write_bytes(content)
     with pytest.raises(TensorFileError):
         load_tensors(path)
+
+
+def test_a_header_above_the_formats_limit_is_refused_before_it_is_read(tmp_path: Path):
+    from inflame.tensorfile import _MAX_HEADER
+
+    path = tmp_path / "huge.safetensors"
+    with open(path, "wb") as handle:  # sparse: the file is large, the disk use is not
+        handle.write(struct.pack("<Q", _MAX_HEADER + 1))
+        handle.truncate(_MAX_HEADER + 1024)
+    with pytest.raises(TensorFileError, match="above the format's limit of 104857600"):
+        load_tensors(path)
+    with open(path, "r+b") as handle:  # at the limit: read, and refused as not JSON
+        handle.write(struct.pack("<Q", _MAX_HEADER))
+    with pytest.raises(TensorFileError, match="not JSON"):
+        load_tensors(path)

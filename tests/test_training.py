@@ -141,6 +141,17 @@ def test_diverging_loss_is_a_clear_error(tmp_path: Path):
         run_fit(tmp_path, epochs=2, lr=1e30)
 
 
+def test_a_damaged_checkpoint_says_which_and_what_to_do():
+    from inflame.training.checkpoint import DamagedCheckpoint
+
+    error = DamagedCheckpoint(Path("ck/epoch-0002.safetensors"), ValueError("bad digest"))
+    assert str(error) == (
+        "Cannot read checkpoint ck/epoch-0002.safetensors: bad digest. Delete it to resume "
+        "from the checkpoint before it."
+    )
+    assert isinstance(error.cause, ValueError)
+
+
 def test_damaged_checkpoint_is_a_clear_error(tmp_path: Path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "epoch-0001.safetensors").write_bytes(b"junk")

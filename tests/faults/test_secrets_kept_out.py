@@ -40,6 +40,18 @@ NAMED = [
 ]
 
 
+def test_keys_are_found_anywhere_in_a_files_first_mib(tmp_path: Path):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "app.py").write_text("def train(ctx):\n    pass\n")
+    for name, offset in (("early.log", 0), ("late.log", (1 << 20) - len(KEY) - 1)):
+        (app / name).write_text("x" * offset + KEY)
+    (app / "beyond.log").write_text("x" * ((1 << 20) + 1) + KEY)  # the documented bound
+    bundle = build_bundle(app, "")
+    left_out = {Path(p).name for p in bundle.excluded_secrets}
+    assert left_out == {"early.log", "late.log"}
+
+
 def test_the_bundle_leaves_out_credentials_by_name_and_by_content(tmp_path: Path):
     app = tmp_path / "app"
     app.mkdir()
