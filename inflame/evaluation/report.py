@@ -126,8 +126,7 @@ def evaluate_run(
             "loss": metrics["loss"],
             "files": {name: sha256_file(out_dir / name) for name in REPORT_FILES},
         }
-        manifest = read_manifest(run_dir)
-        manifest.setdefault("evaluations", {})[record["path"]] = record
+        manifest.setdefault("evaluations", {})[record["path"]] = record  # ours: locked
         write_json_atomic(run_dir / MANIFEST, manifest)
     return Evaluation(out_dir=out_dir, report=report)
 
