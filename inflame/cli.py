@@ -37,6 +37,12 @@ cache_app = typer.Typer(
 )
 app.add_typer(cache_app, name="cache")
 
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", metavar="SECTION.KEY=VALUE", help="Override a spec value (repeatable)."
+    ),
+]
 RunsDir = Annotated[
     Path | None,
     typer.Option("--runs-dir", help="Folder holding runs (default: $INFLAME_RUNS_DIR or ./runs)."),
@@ -268,6 +274,124 @@ def evaluate(
     console.print(line)
     console.print(f"report: {result.out_dir / 'report.html'}")
     print(result.out_dir)
+
+
+@app.command()
+def sweep(
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            help="SPEC (run or continue the sweep of its [sweep] table), or `show DIR`.",
+            metavar="SPEC | show DIR",
+            show_default=False,
+        ),
+    ],
+    trials: Annotated[
+        int | None,
+        typer.Option("--trials", "-n", help="Trials in the study in all (default: sweep.trials)."),
+    ] = None,
+    parallel: Annotated[
+        int, typer.Option("--parallel", "-p", help="Trials in flight at once (CPUs split).")
+    ] = 1,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", "-t", help=f"Run each trial as a job on {', '.join(PROVIDERS)}."),
+    ] = None,
+    overrides: Overrides = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Sweep folder (default: sweeps/<job name>)."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL (default: SQLite in the sweep folder)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print every trial's plan; run and store nothing.")
+    ] = False,
+    poll: Annotated[float, typer.Option(help="Seconds between cloud status checks.")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="`show`: JSON lines.")] = False,
+) -> None:
+    """Hyperparameter search (Optuna): `inflame sweep SPEC`, `inflame sweep show DIR`."""
+    if args[0] == "show" and len(args) == 2:
+        _show_sweep(Path(args[1]), storage, as_json)
+        return
+    if len(args) != 1:
+        raise InflameError(
+            "Usage: `inflame sweep SPEC [options]` to run a sweep, or "
+            "`inflame sweep show DIR` to print one."
+        )
+    from inflame.sweep.runner import Sweep
+
+    console = _stderr()
+    runner = Sweep(
+        Path(args[0]),
+        overrides or [],
+        trials=trials,
+        parallel=parallel,
+        target=target,
+        out=out,
+        storage=storage,
+        poll_s=poll,
+        emit=lambda line: console.print(line, soft_wrap=True, markup=False, highlight=False),
+    )
+    if dry_run:
+        plans = runner.plan()
+        console.print(
+            f"{len(plans)} trial(s) as the sampler draws them before any result "
+            "(nothing is run or stored):"
+        )
+        for plan in plans:
+            print(json.dumps(plan, default=str))
+        return
+    result = runner.run()
+    if result.best_number is None:
+        console.print("no trial completed")
+        raise typer.Exit(1)
+    console.print(
+        f"best: trial {result.best_number}, {runner.space.metric} = {result.best_value:.6g}; "
+        f"predict with `inflame predict IMAGE --run {result.sweep_dir / 'best'}`"
+    )
+    _show_sweep(result.sweep_dir, storage, as_json=False, quiet=True)
+    print(result.best_run)
+
+
+def _show_sweep(folder: Path, storage: str | None, as_json: bool, quiet: bool = False) -> None:
+    from rich.table import Table
+
+    from inflame.sweep.results import load_sweep, trial_rows, write_results
+
+    record, study = load_sweep(folder, storage)
+    if not quiet:
+        write_results(folder, study)
+    rows = trial_rows(folder, study)
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return
+    names = sorted({name for row in rows for name in row["params"]})
+    table = Table(
+        title=f"sweep {record.get('study', '?')}: {record.get('metric')} "
+        f"({record.get('direction')}), {len(rows)} trial(s)"
+    )
+    for column in ("trial", "state", "value", "epochs", *names):
+        table.add_column(column, justify="right" if column != "state" else "left")
+    for row in rows:
+        value = "" if row["value"] is None else f"{row['value']:.6g}"
+        params = [_cell(row["params"].get(n)) for n in names]
+        table.add_row(str(row["trial"]), row["state"], value, str(row["epochs"] or ""), *params)
+    console = _stderr() if quiet else None
+    from rich.console import Console
+
+    (console or Console()).print(table)
+    if not quiet:
+        print(f"summary: {folder / 'summary.csv'}; plots: {folder / 'plots'}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @runs_app.callback(invoke_without_command=True)
@@ -614,12 +738,7 @@ def init(
 def submit(
     spec: Annotated[Path, typer.Argument(help="Job spec (TOML).", show_default=False)],
     target: Annotated[str, typer.Option("--target", "-t", help=f"{', '.join(PROVIDERS)}.")],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set", "-s", metavar="SECTION.KEY=VALUE", help="Override a spec value (repeatable)."
-        ),
-    ] = None,
+    overrides: Overrides = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the exact request; no credentials, no network.")
     ] = False,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inflame import stopping
 from inflame.apps import APP_FILE, App, find_app
 from inflame.data.listing import adopt_listing
 from inflame.errors import (
@@ -213,16 +214,18 @@ def _recorded(
         yield
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
+        stopped_by = stopping.reason() if terminated else "SIGINT"  # or a stop file's word
         manifest.update(
             status="interrupted",
             finished=utc_now(),
-            stopped_by="SIGTERM" if terminated else "SIGINT",
+            stopped_by=stopped_by,
             resume_command=resume_hint.partition("`")[2].rstrip("`") or None,
         )
         write_json_atomic(run_dir / MANIFEST, manifest)
         if terminated:
+            why = "SIGTERM (preemption, `docker stop` or `kill`)"
             raise RunTerminated(
-                f"Stopped by SIGTERM (preemption, `docker stop` or `kill`): {exc}. Every "
+                f"Stopped by {why if stopped_by == 'SIGTERM' else stopped_by}: {exc}. Every "
                 f"completed epoch's checkpoint is on disk; {resume_hint}."
             ) from None
         where = f" ({exc})" if str(exc) else ""

@@ -55,3 +55,8 @@ def _redact(value: Any, known: tuple[str, ...], key: str) -> Any:
         if len(secret) >= _MIN_KNOWN:
             value = value.replace(secret, MASK)
     return SECRET_VALUE.sub(MASK, value)
+
+
+def redact_url_password(url: str) -> str:
+    """A database URL with its password masked (`postgresql://user:***@host/db`)."""
+    return re.sub(r"^([a-zA-Z][\w+.-]*://[^:/@]*):[^/]*@", rf"\1:{MASK}@", url)

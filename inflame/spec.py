@@ -21,9 +21,10 @@ from inflame.errors import SpecError, did_you_mean
 from inflame.hparams import unusable_number
 from inflame.performance import KEYS as PERFORMANCE_KEYS
 from inflame.performance import Performance, parse_performance
+from inflame.sweep.space import SweepSection, parse_sweep
 from inflame.targets import PROVIDERS, data_schemes
 
-SECTIONS = ("job", "data", "hyperparameters", "compute", "targets", "tracking")
+SECTIONS = ("job", "data", "hyperparameters", "compute", "targets", "tracking", "sweep")
 TRACKING_KEYS = ("tensorboard",)
 JOB_KEYS = ("name", "app", "seed", "description", "bad_images")
 COMPUTE_KEYS = ("gpus_per_node", "nodes", "spot", "max_runtime", "disk_gb", *PERFORMANCE_KEYS)
@@ -95,6 +96,9 @@ class JobSpec:
     targets: dict[str, dict[str, Any]]
     source_sha256: str
     tracking: TrackingSection = field(default_factory=TrackingSection)
+    # [sweep]: how `inflame sweep` searches; not part of a run's identity (to_dict leaves it
+    # out: each trial is a run of the spec with its hyperparameters set)
+    sweep: SweepSection | None = None
     overridden: frozenset[str] = frozenset()
     source_text: str = field(default="", repr=False, compare=False)
     # `${env:…}` references: key path -> the template as written, and the variables' values
@@ -558,6 +562,11 @@ def validate_spec(
         )
     )
 
+    sweep = None
+    if "sweep" in raw:
+        sweep_raw = check.table(raw["sweep"], ("sweep",))
+        sweep = parse_sweep(sweep_raw, check.fail)
+
     return JobSpec(
         path=path,
         job=job,
@@ -571,6 +580,7 @@ def validate_spec(
         env_refs=env.refs,
         env_values=env.values,
         tracking=tracking,
+        sweep=sweep,
     )
 
 

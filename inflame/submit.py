@@ -43,7 +43,7 @@ def plan_submission(spec_path: str | Path, target: str, overrides: Sequence[str]
     return adapter.plan(job.spec, bundle)
 
 
-def _still_active(record: JobRecord, ledger: Ledger) -> bool:
+def still_active(record: JobRecord, ledger: Ledger) -> bool:
     if record.provider_id is None:
         return True  # a crash between 'submitting' and the reply: fate unknown
     try:
@@ -58,7 +58,7 @@ def submit_plan(plan: Plan, ledger: Ledger, *, again: bool = False) -> JobRecord
         duplicates = [
             r
             for r in ledger.duplicates(plan.target, plan.spec_sha256, plan.bundle.sha256)
-            if _still_active(r, ledger)
+            if still_active(r, ledger)
         ]
         if duplicates:
             last = duplicates[-1]

@@ -734,3 +734,76 @@ def test_two_submissions_in_the_same_second_get_different_job_names(sm_spec):
     first, second = (plan_submission(sm_spec(), "sagemaker") for _ in range(2))
     assert first.job_name != second.job_name
     assert first.job_name.startswith("tiny-sm-") and second.job_name.startswith("tiny-sm-")
+
+
+# ---- a sweep whose trials are SageMaker jobs ----------------------------------------------
+
+
+def test_a_sweep_on_sagemaker_submits_follows_and_downloads_each_trial(
+    aws, sm_spec, demo_set: Path, tmp_path: Path, image_python: Path, monkeypatch
+):
+    """Each trial goes through the normal submit path (strict CreateTrainingJob, ledger,
+    duplicate guard); here every job then runs at once, as SageMaker runs it, and uploads
+    model.tar.gz; the sweep downloads each trial's run and reads its metric from it."""
+    from types import SimpleNamespace
+
+    from moto.sagemaker.responses import SageMakerResponse
+
+    from inflame.sweep.runner import LEDGER_ATTR, Sweep
+    from inflame.sweep.study import import_optuna
+
+    strict = SageMakerResponse.create_training_job  # the aws fixture's, checked
+    created: list[str] = []
+
+    def run_the_job(self):
+        answer = strict(self)
+        request = json.loads(self.body)
+        name = request["TrainingJobName"]
+        created.append(name)
+        code_uri = request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+        bucket, _, key = code_uri[len("s3://") :].partition("/")
+        s3 = boto3.client("s3", region_name="us-east-1")
+        bundle = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        plan = SimpleNamespace(request=request, bundle=SimpleNamespace(data=bundle), job_name=name)
+        where = tmp_path / "jobs" / name
+        assert_all_ok(run_sagemaker_job(plan, demo_set, where, where / "ckpt", image_python))
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            tar.add(where / "algo-1" / "opt" / "ml" / "model", arcname=".")
+        artifact = _training_job(name).model_artifacts["S3ModelArtifacts"]
+        bucket, _, key = artifact[len("s3://") :].partition("/")
+        s3.put_object(Bucket=bucket, Key=key, Body=raw.getvalue())
+        return answer
+
+    monkeypatch.setattr(SageMakerResponse, "create_training_job", run_the_job)
+    spec = sm_spec(
+        hyperparameters={"epochs": 1},
+        sweep={"sampler": "grid", "hyperparameters": {"learning_rate": {"choice": [1e-3, 3e-3]}}},
+    )
+    out = tmp_path / "sweep"
+    plans = Sweep(spec, target="sagemaker", out=out).plan()
+    assert len(plans) == 2 and not created  # the dry run sends nothing
+    assert len({p["job_name"] for p in plans}) == 2
+    assert plans[0]["request"] != plans[1]["request"]  # each trial's own bundle and spec
+
+    result = Sweep(spec, target="sagemaker", parallel=2, poll_s=0, out=out).run()
+    assert result.finished == 2 and len(created) == 2
+    optuna = import_optuna()
+    study = optuna.load_study(study_name="tiny_sm", storage=f"sqlite:///{out / 'study.db'}")
+    ledger = Ledger()
+    for trial in study.trials:
+        assert trial.state.name == "COMPLETE"
+        record = ledger.get(trial.user_attrs[LEDGER_ATTR])
+        assert record.provider_id in created and record.status == "completed"
+        run = out / "trials" / f"trial-{trial.number:04d}"
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["platform"] == "sagemaker"
+        assert manifest["hyperparameters"]["learning_rate"] == trial.params["learning_rate"]
+        saved = manifest["saved"]["epoch"]
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert trial.value == next(r["val_accuracy"] for r in records if r.get("epoch") == saved)
+    assert (out / "best" / "model" / "model.json").is_file()
+
+    # run again: the study is complete, nothing is submitted twice
+    Sweep(spec, target="sagemaker", parallel=2, poll_s=0, out=out).run()
+    assert len(created) == 2

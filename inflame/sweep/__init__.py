@@ -1,0 +1,1 @@
+"""`inflame sweep`: hyperparameter search with Optuna, trials run here or as cloud jobs."""
