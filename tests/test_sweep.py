@@ -277,3 +277,20 @@ def test_parallel_trials_run_at_once_with_the_cpus_split(tmp_path: Path):
     assert second["created"] < first["finished"]  # the second started before the first ended
     for manifest in manifests:
         assert manifest["environment"]["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_the_best_trial_is_a_run_for_predict_and_eval(write_spec, demo_set: Path, tmp_path: Path):
+    spec = write_spec(
+        hyperparameters={"epochs": 1},
+        sweep={"sampler": "grid", "hyperparameters": {"learning_rate": {"choice": [0.003]}}},
+    )
+    assert run_inflame("sweep", spec, "--out", "sw", cwd=tmp_path).returncode == 0
+    image = sorted((demo_set / "test" / "circle").iterdir())[0]
+    predicted = run_inflame("predict", image, "--run", "sw/best", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    [answer] = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert answer["label"] in ("circle", "square", "triangle")
+    evaluated = run_inflame("eval", "sw/best", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads((tmp_path / "sw/trials/trial-0000/eval/report.json").read_text())
+    assert report["images"] == 12
