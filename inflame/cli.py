@@ -460,15 +460,45 @@ def runs_sync(
     tensorboard: Annotated[
         bool, typer.Option("--tensorboard", help="Write TensorBoard event files (RUN/tensorboard).")
     ] = False,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow", help="Log the run to MLflow (a new MLflow run).")
+    ] = False,
+    mlflow_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI, for a run whose spec names none (implies --mlflow)."
+        ),
+    ] = None,
 ) -> None:
     """Replay a run's metrics into its trackers (after a tracker failed, or to add one)."""
     from inflame.runs import resolve_run
     from inflame.tracking.sync import sync_run
 
     run_dir = resolve_run(run, runs_dir)
-    synced = sync_run(run_dir, ["tensorboard"] if tensorboard else None)
+    chosen = [
+        name for name, on in (("tensorboard", tensorboard), ("mlflow", mlflow or mlflow_uri)) if on
+    ]
+    synced = sync_run(run_dir, chosen or None, mlflow_uri)
     for name, where in synced.items():
-        print(f"{name}: {where.get('records', 0)} record(s) -> {where.get('log_dir', '')}")
+        if name == "mlflow":
+            uri, count = where["tracking_uri"], where["metrics"]
+            print(f"mlflow: run {where['run_id']} in {uri} ({count} metrics)")
+        else:
+            print(f"{name}: {where.get('records', 0)} record(s) -> {where.get('log_dir', '')}")
+
+
+@runs_app.command("register")
+def runs_register(
+    run: Annotated[str, typer.Argument(help="Run directory, run name, or `latest`.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Registered model name.")],
+    runs_dir: RunsDir = None,
+) -> None:
+    """Register a run's model in MLflow's model registry (a new version under NAME)."""
+    from inflame.runs import resolve_run
+    from inflame.tracking.mlflow_runs import register
+
+    entry = register(resolve_run(run, runs_dir), name)
+    print(f"registered {entry['name']} version {entry['version']} in {entry['tracking_uri']}")
 
 
 @runs_app.command("compare")

@@ -317,7 +317,24 @@ def _finish(run_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any]) -
             f"{fault}; then finish the run with `inflame train --local --resume {run_dir}` "
             "(its training is done: it only records the outputs again)."
         ) from None
+    _log_to_mlflow(run_dir, manifest)
     return TrainResult(run_dir=run_dir, manifest=manifest)
+
+
+def _log_to_mlflow(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """A completed run goes to MLflow when its spec asks (never failing the run). Inside a
+    cloud job it is left to `inflame download`, which logs it from where the URI points."""
+    from inflame.tracking import mlflow_runs
+
+    if mlflow_runs.wanted(run_dir) is None:
+        return
+    if manifest.get("platform", "local") != "local":
+        note = {"pending": "logged by `inflame download`, from the submitting machine"}
+        manifest.setdefault("tracking", {})[mlflow_runs.MLFLOW] = note
+    else:
+        record = mlflow_runs.log_if_asked(run_dir)
+        manifest.setdefault("tracking", {})[mlflow_runs.MLFLOW] = record
+    write_json_atomic(run_dir / MANIFEST, manifest)
 
 
 def _execute_torchrun(

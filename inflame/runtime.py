@@ -265,6 +265,11 @@ def require_trackers(spec: JobSpec) -> None:
             f"{spec.locate(('tracking', 'tensorboard'))} asks for TensorBoard, which is not "
             "installed. Install it (`pip install tensorboard`), or set `tensorboard = false`."
         )
+    if spec.tracking.mlflow and find_spec("mlflow") is None:
+        raise InflameError(
+            f"{spec.locate(('tracking', 'mlflow'))} asks for MLflow, which is not installed. "
+            "Install it (`pip install 'inflame[mlflow]'`), or remove `mlflow` from [tracking]."
+        )
 
 
 def local_context(

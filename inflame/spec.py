@@ -21,11 +21,12 @@ from inflame.errors import SpecError, did_you_mean
 from inflame.hparams import unusable_number
 from inflame.performance import KEYS as PERFORMANCE_KEYS
 from inflame.performance import Performance, parse_performance
+from inflame.redact import redact_url_password
 from inflame.sweep.space import SweepSection, parse_sweep
 from inflame.targets import PROVIDERS, data_schemes
 
 SECTIONS = ("job", "data", "hyperparameters", "compute", "targets", "tracking", "sweep")
-TRACKING_KEYS = ("tensorboard",)
+TRACKING_KEYS = ("tensorboard", "mlflow", "mlflow_experiment")
 JOB_KEYS = ("name", "app", "seed", "description", "bad_images")
 COMPUTE_KEYS = ("gpus_per_node", "nodes", "spot", "max_runtime", "disk_gb", *PERFORMANCE_KEYS)
 KNOWN_TARGETS = ("local", *PROVIDERS)
@@ -78,9 +79,16 @@ class TrackingSection:
     """Where a run's metrics go besides metrics.jsonl."""
 
     tensorboard: bool = False
+    mlflow: str | None = None  # a tracking URI: sqlite:///path (relative paths resolved), http…
+    mlflow_experiment: str | None = None  # default: the job's name
 
     def changed(self) -> dict[str, Any]:
-        return {"tensorboard": True} if self.tensorboard else {}
+        out: dict[str, Any] = {"tensorboard": True} if self.tensorboard else {}
+        if self.mlflow:
+            out["mlflow"] = self.mlflow
+        if self.mlflow_experiment:
+            out["mlflow_experiment"] = self.mlflow_experiment
+        return out
 
 
 @dataclass(frozen=True)
@@ -559,7 +567,9 @@ def validate_spec(
             bool,
             ("tracking", "tensorboard"),
             "true or false",
-        )
+        ),
+        mlflow=_mlflow_uri(tracking_raw, folder, check),
+        mlflow_experiment=_mlflow_experiment(tracking_raw, check),
     )
 
     sweep = None
@@ -582,6 +592,40 @@ def validate_spec(
         tracking=tracking,
         sweep=sweep,
     )
+
+
+def _mlflow_uri(raw: Mapping[str, Any], folder: Path, check: _Checker) -> str | None:
+    """`[tracking] mlflow`: a tracking URI; a relative SQLite file is the spec folder's."""
+    if "mlflow" not in raw:
+        return None
+    uri = check.typed(raw["mlflow"], str, ("tracking", "mlflow"), "a tracking URI (a string)")
+    if not re.match(r"^(sqlite|postgresql|mysql|mssql|https?|databricks|file)(\+\w+)?:", uri):
+        raise check.fail(
+            ("tracking", "mlflow"),
+            f"`tracking.mlflow` must be an MLflow tracking URI such as "
+            f'"sqlite:///mlflow.db" (a file beside the spec) or "http://mlflow.example:5000", '
+            f"got {uri!r}.",
+        )
+    if redact_url_password(uri) != uri:
+        raise check.fail(
+            ("tracking", "mlflow"),
+            "`tracking.mlflow` holds a password, which would be stored with every run. Give "
+            "the credentials in MLflow's variables instead (MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN).",
+        )
+    prefix, _, path = uri.partition(":///")
+    if prefix == "sqlite" and path and not path.startswith("/"):
+        return f"sqlite:///{(folder / path).resolve()}"
+    return uri
+
+
+def _mlflow_experiment(raw: Mapping[str, Any], check: _Checker) -> str | None:
+    if "mlflow_experiment" not in raw:
+        return None
+    name = check.typed(raw["mlflow_experiment"], str, ("tracking", "mlflow_experiment"), "a string")
+    if not name.strip():
+        raise check.fail(("tracking", "mlflow_experiment"), "`mlflow_experiment` is empty.")
+    return name
 
 
 def _is_path_like(app: str) -> bool:

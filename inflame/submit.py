@@ -184,4 +184,18 @@ def download(record: JobRecord, destination: Path) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _log_to_mlflow(destination)
     return destination
+
+
+def _log_to_mlflow(run_dir: Path) -> None:
+    """A downloaded run whose spec asks for MLflow is logged from here (a job cannot reach
+    a tracking URI on this machine; a failure only warns: `inflame runs sync` retries)."""
+    from inflame.runs import MANIFEST, read_manifest, write_json_atomic
+    from inflame.tracking import mlflow_runs
+
+    record = mlflow_runs.log_if_asked(run_dir)
+    if record is not None:
+        manifest = read_manifest(run_dir)
+        manifest.setdefault("tracking", {})[mlflow_runs.MLFLOW] = record
+        write_json_atomic(run_dir / MANIFEST, manifest)

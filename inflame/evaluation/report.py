@@ -128,7 +128,23 @@ def evaluate_run(
         }
         manifest.setdefault("evaluations", {})[record["path"]] = record  # ours: locked
         write_json_atomic(run_dir / MANIFEST, manifest)
+    _add_to_mlflow(run_dir, manifest, out_dir, report)
     return Evaluation(out_dir=out_dir, report=report)
+
+
+def _add_to_mlflow(
+    run_dir: Path, manifest: dict[str, Any], out_dir: Path, report: dict[str, Any]
+) -> None:
+    """The evaluation joins the run's MLflow run, if it has one (a failure only warns)."""
+    import sys
+
+    from inflame.tracking import mlflow_runs
+
+    try:
+        mlflow_runs.log_evaluation(run_dir, manifest, out_dir, report)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"warning: the evaluation was not added to MLflow: {reason}", file=sys.stderr)
 
 
 def _relative(path: Path, run_dir: Path) -> str:

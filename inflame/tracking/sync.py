@@ -8,7 +8,7 @@ from typing import Any
 
 from inflame.errors import RunError
 
-TRACKERS = ("tensorboard",)
+TRACKERS = ("tensorboard", "mlflow")
 
 
 def wanted_trackers(run_dir: Path, manifest: dict[str, Any]) -> list[str]:
@@ -24,9 +24,12 @@ def wanted_trackers(run_dir: Path, manifest: dict[str, Any]) -> list[str]:
     return [t for t in TRACKERS if asked.get(t) or t in named]
 
 
-def sync_run(run_dir: Path, trackers: list[str] | None = None) -> dict[str, Any]:
+def sync_run(
+    run_dir: Path, trackers: list[str] | None = None, mlflow_uri: str | None = None
+) -> dict[str, Any]:
     """Replay the run's records into `trackers` (default: those the run asked for); returns
-    what the manifest now says about each."""
+    what the manifest now says about each. MLflow gets a new MLflow run each time, at the
+    run's own URI or `mlflow_uri`."""
     from inflame.runlock import RunLock
     from inflame.runs import MANIFEST, read_manifest, read_metrics, utc_now, write_json_atomic
     from inflame.tracking import tensorboard
@@ -46,6 +49,22 @@ def sync_run(run_dir: Path, trackers: list[str] | None = None) -> dict[str, Any]
                 log_dir = str(run_dir / tensorboard.TENSORBOARD_DIR)
                 count = tensorboard.replay(records, log_dir)
                 tracking[name] = {"log_dir": log_dir, "synced": utc_now(), "records": count}
+            elif name == "mlflow":
+                tracking[name] = _sync_mlflow(run_dir, manifest, mlflow_uri)
         manifest["tracking"] = tracking
         write_json_atomic(run_dir / MANIFEST, manifest)
     return {name: tracking[name] for name in chosen}
+
+
+def _sync_mlflow(run_dir: Path, manifest: dict[str, Any], uri: str | None) -> dict[str, Any]:
+    from inflame.tracking import mlflow_runs
+
+    if manifest.get("status") != "completed":
+        raise RunError(f"Run {run_dir} is {manifest.get('status')}: MLflow gets finished runs.")
+    uri = uri or mlflow_runs.tracking_uri(run_dir, manifest)
+    if uri is None:
+        raise RunError(
+            f"Run {run_dir} names no MLflow tracking URI; give one with --mlflow-uri URI."
+        )
+    experiment = (mlflow_runs.wanted(run_dir) or (uri, None))[1]
+    return mlflow_runs.log_run(run_dir, uri, experiment)
