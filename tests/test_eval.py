@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import io
 import json
+import os
 import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -181,6 +184,92 @@ def test_the_html_report_is_self_contained_and_every_picture_decodes(trained: Pa
     # an --out outside the run is recorded by its absolute path, next to the default one
     manifest = json.loads((trained / "manifest.json").read_text())
     assert manifest["evaluations"][str(out)]["data"]["input"] == "val"
+
+
+BROWSERS = ("chromium-headless-shell", "chromium", "google-chrome", "chromium-browser")
+# added to a copy of the report: JS errors, then each picture's state once the page loaded
+HARNESS_HEAD = (
+    "<script>window.__errors = []; window.addEventListener('error', e => "
+    "window.__errors.push(String(e.message || (e.target && e.target.outerHTML.slice(0, 80)))),"
+    " true);</script>"
+)
+HARNESS_TAIL = """<script>window.addEventListener('load', () => {
+  const pictures = [...document.images].map(i => {
+    const r = i.getBoundingClientRect();
+    return {id: i.id, alt: i.alt, complete: i.complete, natural: i.naturalWidth,
+            left: r.left, top: r.top + window.scrollY, width: r.width, height: r.height};
+  });
+  document.body.setAttribute('data-check', JSON.stringify({
+    errors: window.__errors, pictures, text: document.body.innerText,
+    height: document.documentElement.scrollHeight}));
+});</script>"""
+
+
+def headless_chromium() -> str:
+    """A headless Chromium (CI installs chromium-headless-shell; INFLAME_CHROMIUM overrides)."""
+    found = os.environ.get("INFLAME_CHROMIUM") or next(
+        (path for path in map(shutil.which, BROWSERS) if path), None
+    )
+    if not found:
+        pytest.fail(
+            "The HTML report is opened in a headless Chromium, and none is installed: "
+            "`apt-get install chromium-headless-shell` (tools/install-test-deps.sh does it), "
+            "or point INFLAME_CHROMIUM at one."
+        )
+    return found
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [headless_chromium(), "--headless", "--no-sandbox", "--disable-gpu", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_the_html_report_opens_in_a_browser_and_shows_the_matrix(trained: Path, tmp_path):
+    out = tmp_path / "report"
+    result = run_inflame("eval", trained, "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    page = (out / "report.html").read_text(encoding="utf-8")
+    harness = out / "harness.html"  # beside it: the same file:// origin and folder
+    harness.write_text(
+        page.replace("<head>", "<head>" + HARNESS_HEAD, 1).replace(
+            "</body>", HARNESS_TAIL + "</body>", 1
+        ),
+        encoding="utf-8",
+    )
+    dumped = _chromium("--virtual-time-budget=5000", "--dump-dom", harness.as_uri())
+    assert dumped.returncode == 0, dumped.stderr
+    raw = dumped.stdout.split('data-check="', 1)[1].split('"', 1)[0]
+    check = json.loads(html.unescape(raw))
+    assert check["errors"] == []
+    pictures = {p["id"] or p["alt"]: p for p in check["pictures"]}
+    assert {"curves", "confusion-matrix", "reliability"} <= set(pictures)
+    for name, picture in pictures.items():
+        assert picture["complete"] and picture["natural"] > 16, (name, picture)
+    matrix = pictures["confusion-matrix"]
+    assert matrix["width"] > 150 and matrix["height"] > 150  # shown, not a broken icon
+    report = json.loads((out / "report.json").read_text())
+    assert all(name in check["text"] for name in report["classes"])
+    assert f"{report['accuracy']:.4f}" in check["text"]
+
+    # what the browser drew where the matrix is: the colour map's blues, as in the PNG
+    shot = tmp_path / "shot.png"
+    size = f"--window-size=1280,{int(check['height']) + 20}"
+    drawn = _chromium(size, "--hide-scrollbars", f"--screenshot={shot}", harness.as_uri())
+    assert drawn.returncode == 0 and shot.is_file(), drawn.stderr
+
+    def blue_share(picture: Image.Image) -> float:
+        rgb = np.asarray(picture.convert("RGB")).astype(int)
+        blue = (rgb[..., 2] - rgb[..., 0] > 60) & (rgb[..., 2] > 100)
+        return float(blue.mean())
+
+    box = [round(matrix[k]) for k in ("left", "top", "width", "height")]
+    with Image.open(shot) as screen:
+        shown = screen.crop((box[0], box[1], box[0] + box[2], box[1] + box[3]))
+        shown_share = blue_share(shown)
+    with Image.open(out / "confusion_matrix.png") as source:
+        source_share = blue_share(source)
+    assert source_share > 0.05
+    assert abs(shown_share - source_share) < 0.05, (shown_share, source_share)
 
 
 def test_bad_data_is_a_clean_error_and_the_previous_report_stays(trained: Path, tmp_path):
