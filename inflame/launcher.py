@@ -618,7 +618,7 @@ def run_in_job(
         spec_dir=spec.folder,
         run_dir=run_dir,
         bad_images=spec.job.bad_images,
-        metrics=metrics_log(spec, run_dir, rank, env),
+        metrics=metrics_log(spec, run_dir, rank, env, paths.tensorboard_dir),
         performance=spec.compute.performance,
     )
     return _execute(app, ctx, run_dir, manifest, "the platform restarts it from there")

@@ -244,15 +244,23 @@ def require_local_data(spec: JobSpec) -> None:
             )
 
 
-def metrics_log(spec: JobSpec, run_dir: Path, rank: int, env: Mapping[str, str]) -> MetricsLog:
-    """RUN/metrics.jsonl and the spec's trackers on the main process; nothing elsewhere."""
+def metrics_log(
+    spec: JobSpec,
+    run_dir: Path,
+    rank: int,
+    env: Mapping[str, str],
+    tensorboard_dir: Path | None = None,
+) -> MetricsLog:
+    """RUN/metrics.jsonl and the spec's trackers on the main process; nothing elsewhere.
+    `tensorboard_dir`: where the job's platform collects TensorBoard events, if it does."""
     if rank != 0:
         return MetricsLog(None)
     sinks: list[Callable[..., None]] = []
     if spec.tracking.tensorboard:
         from inflame.tracking.tensorboard import TensorBoardLog, log_dir
 
-        sinks.append(TensorBoardLog(log_dir(run_dir, env)))
+        folder = str(tensorboard_dir) if tensorboard_dir else log_dir(run_dir, env)
+        sinks.append(TensorBoardLog(folder))
     return MetricsLog(run_dir / "metrics.jsonl", sinks)
 
 

@@ -807,3 +807,36 @@ def test_a_sweep_on_sagemaker_submits_follows_and_downloads_each_trial(
     # run again: the study is complete, nothing is submitted twice
     Sweep(spec, target="sagemaker", parallel=2, poll_s=0, out=out).run()
     assert len(created) == 2
+
+
+def test_tensorboard_events_go_where_sagemaker_uploads_them(aws, sm_spec, tmp_path: Path):
+    """[tracking] tensorboard = true: the request carries TensorBoardOutputConfig (checked
+    against the whole model and accepted by the strict fake), and inside the job the events
+    are written to its LocalPath, which SageMaker uploads to S3 as the job runs."""
+    from inflame.runtime import metrics_log
+    from inflame.spec import load_spec
+    from inflame.targets.sagemaker import TARGET, TENSORBOARD_PATH
+    from tests.test_tracking import scalars
+
+    spec_path = sm_spec(tracking={"tensorboard": True})
+    plan = plan_submission(spec_path, "sagemaker")
+    config = plan.request["TensorBoardOutputConfig"]
+    assert config == {
+        "LocalPath": TENSORBOARD_PATH,
+        "S3OutputPath": f"s3://{BUCKET}/inflame/jobs/{plan.job_name}/tensorboard",
+    }
+    submit_plan(plan, Ledger(tmp_path / "ledger.sqlite"))
+    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=plan.job_name)
+    assert described["TensorBoardOutputConfig"]["S3OutputPath"] == config["S3OutputPath"]
+
+    env = {"INFLAME_PLATFORM_ROOT": str(tmp_path / "root")}
+    paths = TARGET.job_paths(load_spec(spec_path), env, None)
+    assert paths.tensorboard_dir == tmp_path / "root" / TENSORBOARD_PATH.lstrip("/")
+    paths.run_dir.mkdir(parents=True)
+    log = metrics_log(load_spec(spec_path), paths.run_dir, 0, env, paths.tensorboard_dir)
+    log.append({"epoch": 1, "train_loss": 0.5, "val_accuracy": 0.75})
+    log.close()
+    expected = {"loss/train": [(1, 0.5)], "accuracy/val": [(1, 0.75)]}
+    assert scalars(paths.tensorboard_dir) == expected
+    assert not (paths.run_dir / "tensorboard").exists()
+    assert "TensorBoardOutputConfig" not in plan_submission(sm_spec(), "sagemaker").request

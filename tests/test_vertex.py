@@ -462,3 +462,44 @@ def test_missing_credentials_get_the_gcloud_hint(vx_spec, tmp_path: Path, monkey
     with pytest.raises(InflameError, match="gcloud auth application-default login"):
         submit_plan(plan_submission(vx_spec(), "vertex"), ledger)
     assert ledger.all()[0].status == "submit-failed"
+
+
+TENSORBOARD = "projects/my-proj/locations/us-central1/tensorboards/1234"
+ACCOUNT = "trainer@my-proj.iam.gserviceaccount.com"
+
+
+def test_a_tensorboard_instance_is_linked_to_the_job(vx_spec, gcp, tmp_path: Path):
+    """jobSpec.tensorboard, with the service account Vertex AI writes as; Vertex then sets
+    AIP_TENSORBOARD_LOG_DIR in the job, where the events go (tests/test_tracking.py)."""
+    spec = vx_spec(
+        tracking={"tensorboard": True},
+        targets={"vertex": {"tensorboard": TENSORBOARD, "service_account": ACCOUNT}},
+    )
+    plan = plan_submission(spec, "vertex")
+    assert plan.request["jobSpec"]["tensorboard"] == TENSORBOARD
+    record = submit_plan(plan, Ledger(tmp_path / "ledger.sqlite"))
+    sent = gcp.jobs[record.provider_id]["jobSpec"]  # through the SDK's own submit
+    assert sent["tensorboard"] == TENSORBOARD and sent["serviceAccount"] == ACCOUNT
+    with pytest.raises(InflameError, match=r"needs jobSpec\.serviceAccount"):
+        validate_request({**plan.request, "jobSpec": {**sent, "serviceAccount": ""}})
+
+
+@pytest.mark.parametrize(
+    ("tracking", "vertex", "fragment"),
+    [
+        ({}, {"service_account": ACCOUNT}, "add `tensorboard = true` under [tracking]"),
+        ({"tensorboard": True}, {}, "set `service_account"),
+        (
+            {"tensorboard": True},
+            {"service_account": ACCOUNT, "tensorboard": TENSORBOARD.replace("central", "east")},
+            "is in us-east1, but the job runs in us-central1",
+        ),
+        ({"tensorboard": True}, {"tensorboard": "tb-1"}, "a TensorBoard instance's resource name"),
+    ],
+)
+def test_a_tensorboard_link_that_cannot_work_is_refused(vx_spec, tracking, vertex, fragment):
+    tables = {"targets": {"vertex": {"tensorboard": TENSORBOARD, **vertex}}, "tracking": tracking}
+    with pytest.raises(InflameError) as info:
+        plan_submission(vx_spec(**tables), "vertex")
+    message = " ".join(str(info.value).split())
+    assert fragment in message and "vx.toml:" in message

@@ -107,6 +107,7 @@ class JobPaths:
     data: dict[str, Path]
     run_dir: Path  # collected by the platform after the job (the model folder is inside)
     checkpoint_dir: Path  # survives restarts where the platform supports it
+    tensorboard_dir: Path | None = None  # where the platform collects TensorBoard events
 
 
 @dataclass(frozen=True)

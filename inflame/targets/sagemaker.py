@@ -58,6 +58,8 @@ IMAGE_TORCH, IMAGE_PYTHON = "2.10.0", "py313"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CODE_CHANNEL = "code"
 OPT_ML = "/opt/ml"
+# [tracking] tensorboard = true: written here, uploaded by SageMaker (TensorBoardOutputConfig)
+TENSORBOARD_PATH = f"{OPT_ML}/output/tensorboard"
 MASTER_PORT = 7777  # what the sagemaker-training toolkit uses for torchrun
 MAX_RUNTIME = 28 * 24 * 3600  # CreateTrainingJob's documented maximum
 SETTINGS = (
@@ -428,6 +430,16 @@ class SageMaker(Provider):
                 {"Key": "inflame:bundle-sha256", "Value": bundle.sha256[:32]},
             ],
         }
+        if spec.tracking.tensorboard:  # SageMaker uploads the folder to S3 as the job runs
+            request["TensorBoardOutputConfig"] = {
+                "LocalPath": TENSORBOARD_PATH,
+                "S3OutputPath": f"{output}/jobs/{name}/tensorboard",
+            }
+        if spec.tracking.tensorboard:  # SageMaker uploads the folder to S3 as the job runs
+            request["TensorBoardOutputConfig"] = {
+                "LocalPath": TENSORBOARD_PATH,
+                "S3OutputPath": f"{output}/jobs/{name}/tensorboard",
+            }
         if settings["keep_alive_seconds"] is not None:
             request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = settings["keep_alive_seconds"]
         validate_request(request)
@@ -584,6 +596,7 @@ class SageMaker(Provider):
             data={n: base.platform_path(env, f"{OPT_ML}/input/data/{n}") for n in spec.data},
             run_dir=base.platform_path(env, f"{OPT_ML}/model"),
             checkpoint_dir=base.platform_path(env, f"{OPT_ML}/checkpoints"),
+            tensorboard_dir=base.platform_path(env, TENSORBOARD_PATH),
         )
 
     def cluster(self, env: Mapping[str, str]) -> Cluster:

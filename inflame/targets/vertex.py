@@ -102,6 +102,12 @@ SETTINGS = (
         rule="`service_account` must be a service account's email address.",
     ),
     Setting("boot_disk_gb", 100, kind=int, minimum=100, maximum=64000),
+    Setting(  # a Vertex AI TensorBoard instance: Vertex sets AIP_TENSORBOARD_LOG_DIR
+        "tensorboard",
+        pattern=r"projects/[^/\s]+/locations/[a-z0-9-]+/tensorboards/\d+",
+        rule="`tensorboard` must be a TensorBoard instance's resource name, "
+        "projects/PROJECT/locations/REGION/tensorboards/ID.",
+    ),
 )
 _LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -235,6 +241,11 @@ def _rule_violations(job: Any) -> Iterator[str]:
         yield f"jobSpec.baseOutputDirectory: {output!r} is not a gs:// URI of a valid bucket"
     if spec.scheduling.timeout and spec.scheduling.timeout.total_seconds() <= 0:
         yield "jobSpec.scheduling.timeout: must be positive"
+    if spec.tensorboard:  # "Training with TensorBoard": a service account and an output folder
+        if not spec.service_account:
+            yield "jobSpec.tensorboard: needs jobSpec.serviceAccount"
+        if not output:
+            yield "jobSpec.tensorboard: needs jobSpec.baseOutputDirectory"
 
 
 def validate_request(request: Mapping[str, Any]) -> None:
@@ -423,6 +434,9 @@ class Vertex(Provider):
         job._gca_resource.job_spec.scheduling = scheduling
         if settings["service_account"]:
             job._gca_resource.job_spec.service_account = settings["service_account"]
+        if settings["tensorboard"]:
+            self._link_tensorboard(spec, settings, region)
+            job._gca_resource.job_spec.tensorboard = settings["tensorboard"]
         request = job.to_dict()
         validate_request(request)
         gpus = f" + {spec.compute.gpus_per_node} x {accelerator}" if accelerator else ""
@@ -481,6 +495,30 @@ class Vertex(Provider):
             checksum="md5",  # the client compares what Cloud Storage received
         )
 
+    @staticmethod
+    def _link_tensorboard(spec: JobSpec, settings: Any, region: str) -> None:
+        """A TensorBoard instance needs events to show (`[tracking] tensorboard = true`), a
+        service account to write them, and the job's region."""
+        if not spec.tracking.tensorboard:
+            raise settings.fail(
+                "tensorboard",
+                "a TensorBoard instance is linked, but the run writes no events: add "
+                "`tensorboard = true` under [tracking].",
+            )
+        if not settings["service_account"]:
+            raise settings.fail(
+                "tensorboard",
+                "Vertex AI writes to a TensorBoard instance as the job's service account: "
+                'set `service_account = "NAME@PROJECT.iam.gserviceaccount.com"` too.',
+            )
+        location = settings["tensorboard"].split("/")[3]
+        if location != region:
+            raise settings.fail(
+                "tensorboard",
+                f"the TensorBoard instance is in {location}, but the job runs in {region}; "
+                "Vertex AI needs them in the same region.",
+            )
+
     def submit(self, plan: Plan) -> Submitted:
         from google.cloud.aiplatform_v1.types import CustomJob as CustomJobProto
         from google.cloud.aiplatform_v1.types import Scheduling
@@ -503,6 +541,7 @@ class Vertex(Provider):
             "Creating the Vertex AI custom job",
             job.submit,
             service_account=proto.job_spec.service_account or None,
+            tensorboard=proto.job_spec.tensorboard or None,
             timeout=timeout,
             restart_job_on_worker_restart=scheduling.restart_job_on_worker_restart,
             scheduling_strategy=Scheduling.Strategy.SPOT if spot else None,
