@@ -12,6 +12,8 @@ import time
 import traceback
 from pathlib import Path
 
+from inflame.redact import redact_url_password
+
 DEBUG_ENV = "INFLAME_DEBUG"
 EXIT_CODE = 70  # EX_SOFTWARE (sysexits.h): an internal error
 ISSUES_URL = "https://github.com/inflame-ml/inflame/issues"
@@ -34,7 +36,7 @@ def write_crash_log(exc: BaseException, argv: list[str]) -> Path:
     from inflame import __version__
 
     text = (
-        f"inflame {__version__}\ncommand: {' '.join(argv)}\n"
+        f"inflame {__version__}\ncommand: {' '.join(map(redact_url_password, argv))}\n"
         f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n\n"
         + "".join(traceback.format_exception(exc))
     )

@@ -57,6 +57,12 @@ def _redact(value: Any, known: tuple[str, ...], key: str) -> Any:
     return SECRET_VALUE.sub(MASK, value)
 
 
+_URL_PASSWORD = re.compile(r"^([a-zA-Z][\w+.-]*://[^:/@]*):(.+)@([^@]*)$")  # up to the last @
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret)=)[^&]*")
+
+
 def redact_url_password(url: str) -> str:
-    """A database URL with its password masked (`postgresql://user:***@host/db`)."""
-    return re.sub(r"^([a-zA-Z][\w+.-]*://[^:/@]*):[^/]*@", rf"\1:{MASK}@", url)
+    """A database or server URL with its password masked (`postgresql://user:***@host/db`,
+    a password holding `/` or `@` too, and `?password=…`)."""
+    url = _URL_PASSWORD.sub(rf"\1:{MASK}@\3", url)
+    return _QUERY_SECRET.sub(rf"\1{MASK}", url)

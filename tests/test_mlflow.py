@@ -78,6 +78,16 @@ def test_a_run_its_evaluation_and_its_model_versions_in_mlflow(write_spec, tmp_p
     entries = json.loads((run / "manifest.json").read_text())["registered"]
     assert [(e["name"], e["version"]) for e in entries] == [("fowl", 1), ("fowl", 2)]
 
+    # synced to another store (a relative path: from the current folder), the run's MLflow
+    # run is that store's from then on: registering goes there
+    synced = run_inflame("runs", "sync", "run", "--mlflow-uri", "sqlite:///b.db", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    other = f"sqlite:///{tmp_path / 'b.db'}"
+    moved = json.loads((run / "manifest.json").read_text())["tracking"]["mlflow"]
+    assert moved["tracking_uri"] == other and moved["run_id"] != record["run_id"]
+    assert run_inflame("runs", "register", "run", "--name", "fowl", cwd=tmp_path).returncode == 0
+    assert MlflowClient(tracking_uri=other).get_model_version("fowl", "1").run_id == moved["run_id"]
+
 
 def test_a_failing_store_never_fails_the_run_and_sync_logs_it_later(tmp_path: Path):
     blocked = tmp_path / "not-a-folder"
@@ -114,6 +124,8 @@ def test_a_failing_store_never_fails_the_run_and_sync_logs_it_later(tmp_path: Pa
     [
         ("mlflow.db", "must be an MLflow tracking URI"),
         ("https://me:hunter2@mlflow.example", "holds a password"),
+        ("postgresql://me:hun/ter2@db.example/mlflow", "holds a password"),
+        ("https://mlflow.example/?token=hunter2", "holds a password"),
         (3, "must be a tracking URI"),
     ],
 )

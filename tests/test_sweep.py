@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -294,3 +295,16 @@ def test_the_best_trial_is_a_run_for_predict_and_eval(write_spec, demo_set: Path
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads((tmp_path / "sw/trials/trial-0000/eval/report.json").read_text())
     assert report["images"] == 12
+
+
+def test_a_trial_is_taken_over_only_when_its_sweep_is_gone():
+    from inflame.sweep.runner import _alive
+
+    here = platform.node()
+    assert _alive({"host": here, "pid": os.getppid()})  # a live process on this machine
+    assert not _alive({"host": here, "pid": os.getpid()})  # a pid reused by this very sweep
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert not _alive({"host": here, "pid": dead.pid})
+    assert _alive({"host": "another-machine", "pid": 1})  # cannot be checked from here
+    assert not _alive(None)

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# What the tests need beyond pip: a headless Chromium, to open `inflame eval`'s HTML report
-# (tests/test_eval.py). Installed with apt where it is missing and apt can be used (root, or
-# sudo without a password); elsewhere it says what to install, and the test fails until then.
+# What the tests need beyond `pip install -e .[dev]`: a current pip, and a headless Chromium
+# to open `inflame eval`'s HTML report (tests/test_eval.py), installed with apt where it is
+# missing and apt can be used (root, or sudo without a password); elsewhere it says what to
+# install, and that test fails until then.
 set -euo pipefail
+# pip 23's resolver crashes on the dev extras' dependency set (InconsistentCandidate while
+# backtracking over opentelemetry); a current pip resolves it
+python -m pip install -q --upgrade "pip>=24"
 for browser in "${INFLAME_CHROMIUM:-}" chromium-headless-shell chromium google-chrome chromium-browser; do
   if [ -n "$browser" ] && command -v "$browser" > /dev/null; then
     exit 0

@@ -9,6 +9,7 @@ follows the same jobs when started again, and never submits a trial twice.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +28,15 @@ from inflame.sweep.trials import (
     trial_run_dir,
 )
 
+DOWNLOAD_TRIES = 3
+
 
 @dataclass
 class _InFlight:
     number: int
     record: JobRecord
     next_poll: float = 0.0
+    download_failures: int = 0
 
 
 class CloudTrials:
@@ -90,28 +94,36 @@ class CloudTrials:
             try:
                 state = refresh(job.record, self.ledger)
             except InflameError as exc:  # a transient read error: try again next time
-                print(f"warning: trial {number}: {exc}")
+                print(f"warning: trial {number}: {exc}", file=sys.stderr)
                 continue
             if not state.terminal:
                 continue
-            del self.running[number]
-            done.append(self._outcome(number, job.record, state))
+            outcome = self._outcome(number, job, state)
+            if outcome is not None:
+                del self.running[number]
+                done.append(outcome)
         return done
 
-    def _outcome(self, number: int, record: JobRecord, state: Any) -> Outcome:
-        job = record.provider_id
+    def _outcome(self, number: int, job: _InFlight, state: Any) -> Outcome | None:
+        """How the finished job went; None when its run could not be fetched this time
+        (tried again at the next polls, DOWNLOAD_TRIES in all)."""
+        record, name = job.record, job.record.provider_id
         if state.state != "completed":
-            message = f"job {job} ended {state.provider_state}: {state.message}".rstrip(": ")
+            message = f"job {name} ended {state.provider_state}: {state.message}".rstrip(": ")
             return Outcome(number, "failed", error=message)
         run_dir = trial_run_dir(self.sweep_dir, number)
         try:
             if not (run_dir / "manifest.json").is_file():
                 download(record, run_dir)
             value = final_value(run_dir, self.metric)
+        except MetricMissing as exc:
+            return Outcome(number, "failed", error=str(exc), fatal=True)
         except (InflameError, OSError) as exc:
-            if isinstance(exc, MetricMissing):
-                return Outcome(number, "failed", error=str(exc), fatal=True)
-            return Outcome(number, "failed", error=f"job {job} completed, but: {exc}")
+            job.download_failures += 1
+            if job.download_failures < DOWNLOAD_TRIES:
+                print(f"warning: trial {number}: {exc}; trying again", file=sys.stderr)
+                return None
+            return Outcome(number, "failed", error=f"job {name} completed, but: {exc}")
         epochs = epoch_values(MetricsTail(run_dir / "metrics.jsonl").new_records(), self.metric)
         return Outcome(number, "completed", value=value, epochs=epochs)
 

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from inflame.errors import RunError
 from inflame.runlock import LOCK_FILE, RunLock
+from inflame.runs import read_manifest
 from inflame.stopping import STOP_FILE_ENV
 from inflame.sweep.trials import (
     LOGS_DIR,
@@ -51,6 +52,13 @@ def _preexec() -> None:  # pragma: no cover - runs in the child
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stopped_by(run_dir: Path) -> str:
+    try:
+        return str(read_manifest(run_dir).get("stopped_by", ""))
+    except RunError:
+        return ""
 
 
 def split_threads(parallel: int, cpus: int | None = None) -> int:
@@ -112,9 +120,10 @@ class LocalTrials:
         returns "started" or "resumed"."""
         run_dir = trial_run_dir(self.sweep_dir, number)
         status, _ = run_state(run_dir)
-        if status == "completed":  # its sweep died before recording it: record it now
-            self.ended.append(self._outcome_of(number, run_dir, pruned=False, code=0))
-            return "completed earlier"
+        if status == "completed" or (status == "interrupted" and _stopped_by(run_dir) == PRUNED):
+            # its sweep died before recording how it ended: record it now
+            self.ended.append(self._outcome_of(number, run_dir, pruned=True, code=0))
+            return "ended earlier"
         resume = status != "missing"
         if not resume and run_dir.exists():  # killed before its first record: start afresh
             shutil.rmtree(run_dir)

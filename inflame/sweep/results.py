@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from inflame.errors import InflameError
+from inflame.redact import redact_url_password
 from inflame.runs import write_json_atomic
 from inflame.sweep.trials import TRIALS_DIR, trial_name, trial_run_dir
 
@@ -117,7 +118,7 @@ def write_results(sweep_dir: Path, study: Any) -> Best | None:
 
 
 def _replace(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
 
@@ -127,7 +128,7 @@ def _link_best(sweep_dir: Path, best: Best | None) -> None:
     link = sweep_dir / BEST_LINK
     if best is None or not (best.run_dir / "manifest.json").is_file():
         return
-    temporary = sweep_dir / f".{BEST_LINK}.tmp"
+    temporary = sweep_dir / f".{BEST_LINK}.{os.getpid()}.tmp"
     temporary.unlink(missing_ok=True)
     temporary.symlink_to(Path(TRIALS_DIR) / trial_name(best.number), target_is_directory=True)
     os.replace(temporary, link)
@@ -166,7 +167,7 @@ def draw_plots(study: Any, folder: Path) -> dict[str, str]:
                 axes = draw()
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             figure.set_size_inches(8, 5)
-            temporary = folder / f".{name}.tmp.png"
+            temporary = folder / f".{name}.{os.getpid()}.tmp.png"
             figure.savefig(temporary, dpi=100, bbox_inches="tight")
             plt.close(figure)
             os.replace(temporary, path)
@@ -178,8 +179,8 @@ def draw_plots(study: Any, folder: Path) -> dict[str, str]:
 
 def load_sweep(sweep_dir: Path, storage: str | None = None) -> tuple[dict[str, Any], Any]:
     """The sweep's record (sweep.json) and its study, to show."""
-    from inflame.sweep.runner import SWEEP_FILE, _storage
-    from inflame.sweep.study import import_optuna
+    from inflame.sweep.runner import SWEEP_FILE
+    from inflame.sweep.study import import_optuna, rdb_storage
 
     record_path = sweep_dir / SWEEP_FILE
     try:
@@ -198,8 +199,10 @@ def load_sweep(sweep_dir: Path, storage: str | None = None) -> tuple[dict[str, A
             f"--storage (the URL was {url})."
         )
     optuna = import_optuna()
+    shown = redact_url_password(url)
     try:
-        study = optuna.load_study(study_name=record["study"], storage=_storage(url))
-    except (KeyError, ValueError, optuna.exceptions.OptunaError) as exc:
-        raise InflameError(f"Cannot open the study of {sweep_dir} in {url}: {exc}") from None
+        study = optuna.load_study(study_name=record["study"], storage=rdb_storage(url))
+    except Exception as exc:  # Optuna's, or SQLAlchemy's (a bad URL, a missing driver…)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InflameError(f"Cannot open the study of {sweep_dir} in {shown}: {first}") from None
     return record, study

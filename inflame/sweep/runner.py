@@ -115,6 +115,8 @@ def _alive(owner: Any) -> bool:
     for another host: it cannot be checked from here)."""
     if not isinstance(owner, dict) or owner.get("host") != platform.node():
         return isinstance(owner, dict)
+    if owner.get("pid") == os.getpid():  # not this process's (those are known): a reused pid
+        return False
     try:
         os.kill(int(owner["pid"]), 0)
     except ProcessLookupError:
@@ -201,7 +203,7 @@ class Sweep:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = self.storage or default_storage(self.sweep_dir)
         study = open_study(
-            _storage(storage),
+            storage,
             self.job.spec.job.name,
             self.space,
             self.job.spec.job.seed,
@@ -303,7 +305,11 @@ class Sweep:
             self.reported[trial.number] = set()
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
             if self.target:
-                record = executor.submit(trial.number, trial_overrides(params))
+                try:
+                    record = executor.submit(trial.number, trial_overrides(params))
+                except InflameError as exc:  # refused (a duplicate in flight…): this trial only
+                    executor.ended.append(Outcome(trial.number, "failed", error=str(exc)))
+                    continue
                 trial.set_user_attr(LEDGER_ATTR, record.id)
                 self.emit(f"trial {trial.number}: submitted {record.provider_id} ({shown})")
             else:
@@ -318,7 +324,11 @@ class Sweep:
                 record = executor.record(int(ledger_id))
                 executor.follow(frozen.number, record)
             else:
-                record = executor.submit(frozen.number, overrides)
+                try:
+                    record = executor.submit(frozen.number, overrides)
+                except InflameError as exc:
+                    executor.ended.append(Outcome(frozen.number, "failed", error=str(exc)))
+                    return
                 trial.set_user_attr(LEDGER_ATTR, record.id)
             self.emit(f"trial {frozen.number}: following {record.provider_id} again")
             return
@@ -364,14 +374,6 @@ class Sweep:
                     f"stopping the sweep. The last error: {outcome.error} (each trial's "
                     f"output is in {self.sweep_dir / 'logs'})."
                 )
-
-
-def _storage(url: str) -> Any:
-    """Optuna storage for `url`; SQLite waits for a lock (several sweeps may share it)."""
-    if not url.startswith("sqlite"):
-        return url
-    optuna = import_optuna()
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def _counted(study: Any, optuna: Any) -> list[Any]:

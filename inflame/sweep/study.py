@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inflame.errors import InflameError
+from inflame.redact import redact_url_password
 from inflame.sweep.space import Distribution, SweepSection
 
 if TYPE_CHECKING:
@@ -76,15 +77,24 @@ def make_pruner(sweep: SweepSection) -> Any:
     )
 
 
+def rdb_storage(url: str) -> Any:
+    """Optuna storage for `url`; SQLite waits for a lock (several sweeps may share it)."""
+    if not url.startswith("sqlite"):
+        return url
+    optuna = import_optuna()
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
 def open_study(
-    storage: str | None, name: str, sweep: SweepSection, seed: int, sweep_id: str
+    storage: str, name: str, sweep: SweepSection, seed: int, sweep_id: str
 ) -> optuna.Study:
     """Create the study, or load it to continue; a study started from another spec or
     search space is refused (its trials would not be comparable)."""
     optuna = import_optuna()
+    shown = redact_url_password(storage)
     try:
         study = optuna.create_study(
-            storage=storage,
+            storage=rdb_storage(storage),
             study_name=name,
             direction=sweep.direction,
             sampler=make_sampler(sweep, seed),
@@ -92,11 +102,11 @@ def open_study(
             load_if_exists=True,
         )
     except (ValueError, ImportError, optuna.exceptions.OptunaError) as exc:
-        raise InflameError(f"Cannot open the sweep's study in {storage}: {exc}") from None
+        raise InflameError(f"Cannot open the sweep's study in {shown}: {exc}") from None
     except Exception as exc:  # sqlalchemy's errors: a bad URL, a driver not installed…
         if type(exc).__module__.startswith("sqlalchemy"):
             raise InflameError(
-                f"Cannot open the sweep's storage {storage}: {str(exc).splitlines()[0]}"
+                f"Cannot open the sweep's storage {shown}: {str(exc).splitlines()[0]}"
             ) from None
         raise
     recorded = study.user_attrs.get(IDENTITY_ATTR)
@@ -104,13 +114,13 @@ def open_study(
         study.set_user_attr(IDENTITY_ATTR, sweep_id)
     elif recorded != sweep_id:
         raise InflameError(
-            f"The study `{name}` in {storage} was started from a different spec or search "
+            f"The study `{name}` in {shown} was started from a different spec or search "
             "space, so its trials would not compare with new ones. Start a new sweep in "
             "another folder (--out DIR), or restore the spec it was started with."
         )
     if study.direction.name.lower() != sweep.direction:
         raise InflameError(
-            f"The study `{name}` in {storage} {study.direction.name.lower()}s its metric, "
+            f"The study `{name}` in {shown} {study.direction.name.lower()}s its metric, "
             f"but sweep.direction is {sweep.direction}."
         )
     return study

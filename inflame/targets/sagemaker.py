@@ -435,11 +435,6 @@ class SageMaker(Provider):
                 "LocalPath": TENSORBOARD_PATH,
                 "S3OutputPath": f"{output}/jobs/{name}/tensorboard",
             }
-        if spec.tracking.tensorboard:  # SageMaker uploads the folder to S3 as the job runs
-            request["TensorBoardOutputConfig"] = {
-                "LocalPath": TENSORBOARD_PATH,
-                "S3OutputPath": f"{output}/jobs/{name}/tensorboard",
-            }
         if settings["keep_alive_seconds"] is not None:
             request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = settings["keep_alive_seconds"]
         validate_request(request)

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +174,37 @@ def log_if_asked(run_dir: Path) -> dict[str, Any] | None:
 
 
 def tracking_uri(run_dir: Path, manifest: Mapping[str, Any]) -> str | None:
-    """The run's MLflow URI: its spec's, else the one it was synced to (unless masked)."""
+    """The run's MLflow URI: the store that holds its MLflow run (the last it was logged
+    or synced to), else its spec's."""
+    record = (manifest.get("tracking") or {}).get(MLFLOW) or {}
+    recorded = record.get("tracking_uri")
+    if record.get("run_id") and recorded and "***" not in recorded:
+        return recorded
     asked = wanted(run_dir)
-    if asked is not None:
-        return asked[0]
-    recorded = ((manifest.get("tracking") or {}).get(MLFLOW) or {}).get("tracking_uri")
-    return recorded if recorded and "***" not in recorded else None
+    return asked[0] if asked is not None else None
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative `sqlite:///file` made absolute (from the current folder)."""
+    prefix, _, path = uri.partition(":///")
+    if prefix == "sqlite" and path and not path.startswith("/"):
+        return f"sqlite:///{Path(path).absolute()}"
+    return uri
+
+
+@contextmanager
+def reported(uri: str) -> Iterator[None]:
+    """MLflow's own errors (a store it cannot open, a server that refuses) as one
+    clear InflameError."""
+    try:
+        yield
+    except InflameError:
+        raise
+    except Exception as exc:
+        if not type(exc).__module__.startswith(("mlflow", "sqlalchemy", "requests", "urllib3")):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InflameError(f"MLflow at {redact_url_password(uri)} failed: {reason}") from None
 
 
 def log_evaluation(
@@ -204,7 +230,9 @@ def log_evaluation(
         record["run_id"],
         metrics=[Metric(f"{prefix}_{k}", float(v), now_ms, 0) for k, v in numbers.items()],
     )
-    mlflow.log_artifacts(record["run_id"], str(out_dir), "eval")
+    default = out_dir.absolute() == (run_dir / "eval").absolute()
+    folder = "eval" if default else f"eval-{out_dir.name}"  # another --out: kept apart
+    mlflow.log_artifacts(record["run_id"], str(out_dir), folder)
     return True
 
 
@@ -227,22 +255,23 @@ def register(run_dir: Path, name: str) -> dict[str, Any]:
             raise RunError(f"Run {run_dir} has no finished model to register.")
         tracking = dict(manifest.get("tracking") or {})
         record = tracking.get(MLFLOW) or {}
-        if not record.get("run_id"):
-            record = log_run(run_dir, uri, (wanted(run_dir) or (uri, None))[1])
-            tracking[MLFLOW] = record
-        mlflow = client(uri)
-        try:
-            mlflow.create_registered_model(name)
-        except Exception as exc:  # it exists already: add a version
-            if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", exc)):
-                raise
-        version = mlflow.create_model_version(
-            name,
-            source=f"{record['artifact_uri']}/model",
-            run_id=record["run_id"],
-            tags={"inflame.weights_sha256": manifest.get("weights_sha256") or ""},
-            description=f"inflame run {run_dir.name}",
-        )
+        with reported(uri):
+            if not record.get("run_id"):
+                record = log_run(run_dir, uri, (wanted(run_dir) or (uri, None))[1])
+                tracking[MLFLOW] = record
+            mlflow = client(uri)
+            try:
+                mlflow.create_registered_model(name)
+            except Exception as exc:  # it exists already: add a version
+                if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", exc)):
+                    raise
+            version = mlflow.create_model_version(
+                name,
+                source=f"{record['artifact_uri']}/model",
+                run_id=record["run_id"],
+                tags={"inflame.weights_sha256": manifest.get("weights_sha256") or ""},
+                description=f"inflame run {run_dir.name}",
+            )
         entry = {
             "name": name,
             "version": int(version.version),

@@ -61,10 +61,11 @@ def _sync_mlflow(run_dir: Path, manifest: dict[str, Any], uri: str | None) -> di
 
     if manifest.get("status") != "completed":
         raise RunError(f"Run {run_dir} is {manifest.get('status')}: MLflow gets finished runs.")
-    uri = uri or mlflow_runs.tracking_uri(run_dir, manifest)
+    uri = mlflow_runs.absolute_uri(uri) if uri else mlflow_runs.tracking_uri(run_dir, manifest)
     if uri is None:
         raise RunError(
             f"Run {run_dir} names no MLflow tracking URI; give one with --mlflow-uri URI."
         )
     experiment = (mlflow_runs.wanted(run_dir) or (uri, None))[1]
-    return mlflow_runs.log_run(run_dir, uri, experiment)
+    with mlflow_runs.reported(uri):
+        return mlflow_runs.log_run(run_dir, uri, experiment)
