@@ -132,3 +132,15 @@ def test_split_keeps_sub_folders_inside_a_class(tmp_path: Path):
     found = (tmp_path / "out").glob("*/circle/batch-2/more/*.jpg")
     assert sorted(p.name for p in found) == [p.name for p in moved]
     assert sum(report.counts[s]["circle"] for s in report.counts) == 4
+
+
+def test_split_into_a_new_nested_folder_or_onto_a_file(tmp_path: Path):
+    """The destination's parents are made; a destination that is a file is refused."""
+    make_demo_dataset(tmp_path / "raw", per_class=5, image_size=16, ratios=None)
+    nested = tmp_path / "not" / "yet" / "there"
+    split_dataset(tmp_path / "raw", nested, (0.6, 0.2, 0.2), seed=1)
+    assert sorted(p.name for p in nested.iterdir()) == ["test", "train", "val"]
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(DataError, match="already exists and is not empty"):
+        split_dataset(tmp_path / "raw", tmp_path / "a-file", (0.6, 0.2, 0.2), seed=1)
+    assert (tmp_path / "a-file").read_text() == "x"

@@ -53,7 +53,9 @@ def test_bundle_is_deterministic_and_self_contained(tmp_path: Path):
     assert build_bundle(app, "[job]\nname = 'y'\n").sha256 != first.sha256
     with tarfile.open(fileobj=io.BytesIO(first.data), mode="r:gz") as tar:
         assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
+        modes = {m.name: m.mode for m in tar.getmembers()}
         entry = tar.extractfile("entry.sh").read().decode()
+    assert modes["entry.sh"] == 0o755 and modes["app/app.py"] == 0o644  # sh runs it as is
     assert "pip" not in entry and "python3 -m inflame.job spec.toml" in entry
 
 

@@ -308,3 +308,29 @@ def test_a_trial_is_taken_over_only_when_its_sweep_is_gone():
     assert not _alive({"host": here, "pid": dead.pid})
     assert _alive({"host": "another-machine", "pid": 1})  # cannot be checked from here
     assert not _alive(None)
+
+
+def test_two_sweep_processes_share_one_study(tmp_path: Path):
+    space = {"learning_rate": {"log_uniform": [0.05, 0.5]}}
+    spec = blobs_spec(
+        tmp_path / "job.toml", {"sampler": "random", "trials": 4, "hyperparameters": space}
+    )
+    command = [sys.executable, "-m", "inflame", "sweep", str(spec), "--out", str(tmp_path / "sw")]
+    env = guarded_env(INFLAME_HOME=str(tmp_path / "home"))
+    sweeps = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=600)[1] for process in sweeps]
+    assert [process.returncode for process in sweeps] == [0, 0], outputs
+    rows = json.loads((tmp_path / "sw" / "summary.json").read_text())["trials"]
+    # each process asks for a trial only while the study holds fewer than 4; two asking at
+    # the same moment can make it 5, never more, and no trial is trained twice
+    assert 4 <= len(rows) <= 5 and {r["state"] for r in rows} == {"complete"}
+    started = [line for out in outputs for line in out.splitlines() if ": started" in line]
+    assert len(started) == len(rows)
+    assert all("started" in out for out in outputs)  # both did some of the work
+    for row in rows:
+        run = trial_dir(tmp_path / "sw", row["trial"])
+        assert json.loads((run / "manifest.json").read_text())["status"] == "completed"
+        assert row["value"] == saved_value(run)

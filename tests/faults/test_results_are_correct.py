@@ -45,6 +45,7 @@ def test_predict_answers_the_models_own_probabilities_most_likely_first(
         best = int(probabilities.argmax())
         assert answer["label"] == predictor.classes[best]
         assert answer["probability"] == pytest.approx(float(probabilities[best]), abs=1e-4)
+        assert answer["probability"] == round(float(probabilities[best]), 4)  # 4 digits
         ranked = [entry["probability"] for entry in answer["top_k"]]
         assert ranked == sorted(ranked, reverse=True)  # most likely first
         assert answer["top_k"][0]["label"] == answer["label"]
