@@ -149,6 +149,14 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
 # (module, the mutated line as written, mutated span) -> why no behaviour can tell the
 # mutant from the original (keyed by text, not line number, so edits above do not stale it)
 EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("predict", "for v, i in zip(values, indices, strict=True)", "(False)"): (
+        "torch.topk returns values and indices of the same length: strict never fires"
+    ),
+    (
+        "checkpoint",
+        "def save_checkpoint(folder: Path, state: TrainingState, keep: int = 2) -> Path:",
+        "(3)",
+    ): "every caller passes `keep`; the default is never used",
     ("spec", "@dataclass(frozen=True)", "(False)"): (
         "the spec's dataclasses are never assigned to nor hashed; frozen only guards "
         "against a future mistake"
