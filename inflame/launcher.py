@@ -328,12 +328,11 @@ def _log_to_mlflow(run_dir: Path, manifest: dict[str, Any]) -> None:
 
     if mlflow_runs.wanted(run_dir) is None:
         return
-    if manifest.get("platform", "local") != "local":
-        note = {"pending": "logged by `inflame download`, from the submitting machine"}
-        manifest.setdefault("tracking", {})[mlflow_runs.MLFLOW] = note
-    else:
-        record = mlflow_runs.log_if_asked(run_dir)
-        manifest.setdefault("tracking", {})[mlflow_runs.MLFLOW] = record
+    if manifest.get("platform", "local") == "local":
+        mlflow_runs.log_and_record(run_dir, manifest)
+        return
+    note = {"pending": "logged by `inflame download`, from the submitting machine"}
+    manifest.setdefault("tracking", {})[mlflow_runs.MLFLOW] = note
     write_json_atomic(run_dir / MANIFEST, manifest)
 
 

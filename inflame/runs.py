@@ -149,7 +149,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return MetricsLog(run_dir / METRICS_FILE).read()
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid runs on this machine."""
     if not pid:
         return False
     try:
@@ -165,7 +166,7 @@ def run_status(manifest: Mapping[str, Any]) -> str:
     """completed, failed, interrupted, running — or stopped (a running run whose process died)."""
     status = manifest.get("status", "unknown")
     if status == "running" and not (
-        manifest.get("host") == platform.node() and _pid_alive(manifest.get("pid"))
+        manifest.get("host") == platform.node() and pid_alive(manifest.get("pid"))
     ):
         return "stopped"
     return status

@@ -24,6 +24,7 @@ from inflame.performance import Performance, parse_performance
 from inflame.redact import redact_url_password
 from inflame.sweep.space import SweepSection, parse_sweep
 from inflame.targets import PROVIDERS, data_schemes
+from inflame.tracking.mlflow_runs import absolute_uri
 
 SECTIONS = ("job", "data", "hyperparameters", "compute", "targets", "tracking", "sweep")
 TRACKING_KEYS = ("tensorboard", "mlflow", "mlflow_experiment")
@@ -613,10 +614,7 @@ def _mlflow_uri(raw: Mapping[str, Any], folder: Path, check: _Checker) -> str | 
             "the credentials in MLflow's variables instead (MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN).",
         )
-    prefix, _, path = uri.partition(":///")
-    if prefix == "sqlite" and path and not path.startswith("/"):
-        return f"sqlite:///{(folder / path).resolve()}"
-    return uri
+    return absolute_uri(uri, folder)
 
 
 def _mlflow_experiment(raw: Mapping[str, Any], check: _Checker) -> str | None:

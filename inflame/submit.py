@@ -191,11 +191,8 @@ def download(record: JobRecord, destination: Path) -> Path:
 def _log_to_mlflow(run_dir: Path) -> None:
     """A downloaded run whose spec asks for MLflow is logged from here (a job cannot reach
     a tracking URI on this machine; a failure only warns: `inflame runs sync` retries)."""
-    from inflame.runs import MANIFEST, read_manifest, write_json_atomic
+    from inflame.runs import read_manifest
     from inflame.tracking import mlflow_runs
 
-    record = mlflow_runs.log_if_asked(run_dir)
-    if record is not None:
-        manifest = read_manifest(run_dir)
-        manifest.setdefault("tracking", {})[mlflow_runs.MLFLOW] = record
-        write_json_atomic(run_dir / MANIFEST, manifest)
+    if mlflow_runs.wanted(run_dir) is not None:
+        mlflow_runs.log_and_record(run_dir, read_manifest(run_dir))

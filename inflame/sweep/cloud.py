@@ -18,10 +18,10 @@ from typing import Any
 
 from inflame.errors import InflameError
 from inflame.ledger import JobRecord, Ledger
+from inflame.runs import read_metrics
 from inflame.submit import download, plan_submission, refresh, still_active, submit_plan
 from inflame.sweep.trials import (
     MetricMissing,
-    MetricsTail,
     Outcome,
     epoch_values,
     final_value,
@@ -124,7 +124,7 @@ class CloudTrials:
                 print(f"warning: trial {number}: {exc}; trying again", file=sys.stderr)
                 return None
             return Outcome(number, "failed", error=f"job {name} completed, but: {exc}")
-        epochs = epoch_values(MetricsTail(run_dir / "metrics.jsonl").new_records(), self.metric)
+        epochs = epoch_values(read_metrics(run_dir), self.metric)
         return Outcome(number, "completed", value=value, epochs=epochs)
 
     def stop_all(self, why: str, grace_s: float = 0.0) -> list[Outcome]:

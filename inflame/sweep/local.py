@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from inflame.errors import RunError
 from inflame.runlock import LOCK_FILE, RunLock
-from inflame.runs import read_manifest
+from inflame.runs import read_manifest, read_metrics
 from inflame.stopping import STOP_FILE_ENV
 from inflame.sweep.trials import (
     LOGS_DIR,
@@ -127,11 +127,11 @@ class LocalTrials:
         resume = status != "missing"
         if not resume and run_dir.exists():  # killed before its first record: start afresh
             shutil.rmtree(run_dir)
-        logs = self.sweep_dir / LOGS_DIR
-        logs.mkdir(parents=True, exist_ok=True)
-        stop_file = logs / f"{trial_name(number)}.stop"
+        log_path = self.log_path(number)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        stop_file = log_path.with_suffix(".stop")
         stop_file.unlink(missing_ok=True)
-        log = (logs / f"{trial_name(number)}.log").open("ab")
+        log = log_path.open("ab")
         env = {
             **os.environ,
             STOP_FILE_ENV: str(stop_file.absolute()),
@@ -190,7 +190,7 @@ class LocalTrials:
 
     def _outcome_of(self, number: int, run_dir: Path, pruned: bool, code: int) -> Outcome:
         status, error = run_state(run_dir)
-        epochs = epoch_values(MetricsTail(run_dir / "metrics.jsonl").new_records(), self.metric)
+        epochs = epoch_values(read_metrics(run_dir), self.metric)
         if status == "completed":
             try:
                 value = final_value(run_dir, self.metric)
@@ -205,9 +205,9 @@ class LocalTrials:
         return Outcome(number, "failed", error=reason, epochs=epochs)
 
     def _log_tail(self, number: int) -> str:
-        log = self.sweep_dir / LOGS_DIR / f"{trial_name(number)}.log"
         try:
-            lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            text = self.log_path(number).read_text(encoding="utf-8", errors="replace")
+            lines = text.strip().splitlines()
         except OSError:
             return ""
         errors = [line for line in lines if line.lower().startswith("error")]

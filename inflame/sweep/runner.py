@@ -25,7 +25,7 @@ from inflame.errors import (
     did_you_mean,
 )
 from inflame.jobprep import PreparedJob, prepare_job
-from inflame.runs import write_json_atomic
+from inflame.runs import pid_alive, write_json_atomic
 from inflame.stopping import Terminated, on_sigterm
 from inflame.sweep.study import (
     default_storage,
@@ -115,15 +115,10 @@ def _alive(owner: Any) -> bool:
     for another host: it cannot be checked from here)."""
     if not isinstance(owner, dict) or owner.get("host") != platform.node():
         return isinstance(owner, dict)
-    if owner.get("pid") == os.getpid():  # not this process's (those are known): a reused pid
+    pid = owner.get("pid")
+    if pid == os.getpid():  # not this process's (those are known): a reused pid
         return False
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return True
+    return not isinstance(pid, int) or pid_alive(pid)
 
 
 class Sweep:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inflame.errors import InflameError, RunError
-from inflame.runs import read_manifest
+from inflame.runs import read_manifest, read_metrics
 
 TRIALS_DIR = "trials"
 LOGS_DIR = "logs"
@@ -86,11 +86,7 @@ def final_value(run_dir: Path, metric: str) -> float:
     """The metric of the model the run kept: its value at the saved epoch, else (a test
     score, say) its last value in the run's records."""
     manifest = read_manifest(run_dir)
-    records = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    records = read_metrics(run_dir)
     saved = (manifest.get("saved") or {}).get("epoch")
     at_saved = [r for r in records if r.get("epoch") == saved and _usable(r.get(metric))]
     if at_saved:

@@ -38,15 +38,20 @@ def client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def wanted(run_dir: Path) -> tuple[str, str | None] | None:
-    """(tracking URI, experiment) from the run's spec.toml, or None when it asks for none."""
+def run_tracking(run_dir: Path) -> dict[str, Any]:
+    """The [tracking] table of the run's spec.toml ({} when it has none)."""
     from inflame import tomlfile
     from inflame.runs import SPEC_FILE
 
     spec_file = run_dir / SPEC_FILE
     if not spec_file.is_file():
-        return None
-    tracking = tomlfile.loads(spec_file.read_text(encoding="utf-8")).get("tracking") or {}
+        return {}
+    return tomlfile.loads(spec_file.read_text(encoding="utf-8")).get("tracking") or {}
+
+
+def wanted(run_dir: Path) -> tuple[str, str | None] | None:
+    """(tracking URI, experiment) from the run's spec.toml, or None when it asks for none."""
+    tracking = run_tracking(run_dir)
     uri = tracking.get("mlflow")
     return (uri, tracking.get("mlflow_experiment")) if uri else None
 
@@ -184,11 +189,11 @@ def tracking_uri(run_dir: Path, manifest: Mapping[str, Any]) -> str | None:
     return asked[0] if asked is not None else None
 
 
-def absolute_uri(uri: str) -> str:
-    """A relative `sqlite:///file` made absolute (from the current folder)."""
+def absolute_uri(uri: str, base: Path | None = None) -> str:
+    """A relative `sqlite:///file` made absolute (from `base`, else the current folder)."""
     prefix, _, path = uri.partition(":///")
     if prefix == "sqlite" and path and not path.startswith("/"):
-        return f"sqlite:///{Path(path).absolute()}"
+        return f"sqlite:///{((base or Path()) / path).resolve()}"
     return uri
 
 
@@ -282,3 +287,14 @@ def register(run_dir: Path, name: str) -> dict[str, Any]:
         manifest.setdefault("registered", []).append(entry)
         write_json_atomic(run_dir / MANIFEST, manifest)
     return entry
+
+
+def log_and_record(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Log a completed run when its spec asks, and write the outcome into its manifest
+    (`tracking.mlflow`): the MLflow run, or the error `inflame runs sync` can retry."""
+    from inflame.runs import MANIFEST, write_json_atomic
+
+    record = log_if_asked(run_dir)
+    if record is not None:
+        manifest.setdefault("tracking", {})[MLFLOW] = record
+        write_json_atomic(run_dir / MANIFEST, manifest)

@@ -13,13 +13,9 @@ TRACKERS = ("tensorboard", "mlflow")
 
 def wanted_trackers(run_dir: Path, manifest: dict[str, Any]) -> list[str]:
     """The trackers the run's spec asked for or its manifest names."""
-    from inflame import tomlfile
-    from inflame.runs import SPEC_FILE
+    from inflame.tracking.mlflow_runs import run_tracking
 
-    asked: dict[str, Any] = {}
-    spec_file = run_dir / SPEC_FILE
-    if spec_file.is_file():
-        asked = tomlfile.loads(spec_file.read_text(encoding="utf-8")).get("tracking") or {}
+    asked = run_tracking(run_dir)
     named = manifest.get("tracking") or {}
     return [t for t in TRACKERS if asked.get(t) or t in named]
 
