@@ -310,6 +310,29 @@ def test_a_trial_is_taken_over_only_when_its_sweep_is_gone():
     assert not _alive(None)
 
 
+def test_opening_a_sqlite_study_waits_for_another_process_opening_it(tmp_path: Path):
+    """Optuna creates its tables unguarded; two sweeps starting together raced into
+    "table already exists" until the opening was serialised by a lock beside study.db."""
+    import threading
+
+    from inflame.runlock import locked
+    from inflame.sweep.study import default_storage, open_study
+
+    space = {"learning_rate": {"log_uniform": [0.05, 0.5]}}
+    sweep = load_spec(blobs_spec(tmp_path / "job.toml", {"hyperparameters": space})).sweep
+    storage = default_storage(tmp_path)
+    opened: list[object] = []
+    opener = threading.Thread(
+        target=lambda: opened.append(open_study(storage, "s", sweep, 0, "id")), daemon=True
+    )
+    with locked(tmp_path / "study.db.lock"):
+        opener.start()
+        opener.join(timeout=3)
+        assert opened == [] and not (tmp_path / "study.db").exists()  # waits for the holder
+    opener.join(timeout=60)
+    assert len(opened) == 1 and (tmp_path / "study.db").is_file()
+
+
 def test_two_sweep_processes_share_one_study(tmp_path: Path):
     space = {"learning_rate": {"log_uniform": [0.05, 0.5]}}
     spec = blobs_spec(

@@ -30,6 +30,7 @@ import numpy as np
 from inflame.cache import cache_dir, cache_enabled
 from inflame.data.images import Sample, UnreadableImage, open_image
 from inflame.hashing import sha256_file
+from inflame.runlock import locked
 
 FORMAT = 3  # 3: EXIF orientation applied, 16-bit images scaled (not clipped)
 MAX_GB_ENV = "INFLAME_CACHE_MAX_GB"
@@ -119,23 +120,6 @@ def find_entry(key: str) -> Entry | None:
     with contextlib.suppress(OSError):
         os.utime(meta_path)  # last use, for eviction
     return Entry(array, meta)
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (a no-op where fcntl does not exist)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no locking, the rename keeps entries whole
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _decode_all(

@@ -5,16 +5,18 @@ Optuna is imported here only, when a sweep runs (the `sweep` extra installs it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inflame.errors import InflameError
 from inflame.redact import redact_url_password
+from inflame.runlock import locked
 from inflame.sweep.space import Distribution, SweepSection
 
 if TYPE_CHECKING:
@@ -77,6 +79,37 @@ def make_pruner(sweep: SweepSection) -> Any:
     )
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for any other database, or in memory)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url[len(prefix) :] in ("", ":memory:"):
+        return None
+    return Path(url[len(prefix) :].split("?", 1)[0])
+
+
+@contextlib.contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """Serialise opening a SQLite study between processes: Optuna creates its tables
+    without a guard, so two sweeps starting together race ("table already exists")."""
+    path = sqlite_file(url)
+    if path is None:
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    try:
+        holding = locked(lock)
+        holding.__enter__()
+    except OSError as exc:
+        raise InflameError(
+            f"Cannot lock the sweep's study: {lock}: {exc.strerror or exc}. The folder "
+            "must be writable (choose another with --out or --storage)."
+        ) from None
+    try:
+        yield
+    finally:
+        holding.__exit__(None, None, None)
+
+
 def rdb_storage(url: str) -> Any:
     """Optuna storage for `url`; SQLite waits for a lock (several sweeps may share it)."""
     if not url.startswith("sqlite"):
@@ -91,6 +124,13 @@ def open_study(
     """Create the study, or load it to continue; a study started from another spec or
     search space is refused (its trials would not be comparable)."""
     optuna = import_optuna()
+    with creation_lock(storage):
+        return _open_study(optuna, storage, name, sweep, seed, sweep_id)
+
+
+def _open_study(
+    optuna: Any, storage: str, name: str, sweep: SweepSection, seed: int, sweep_id: str
+) -> optuna.Study:
     shown = redact_url_password(storage)
     try:
         study = optuna.create_study(

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from inflame.cache import cache_dir, cache_enabled
-from inflame.data.decoded import locked
+from inflame.runlock import locked
 from inflame.tensorfile import load_tensors, save_tensors
 from inflame.training.loading import EpochOrder, SeededSamples
 from inflame.vision import head_name, set_head
