@@ -43,7 +43,7 @@ def test_submit_returns_before_the_write_and_writes_the_state_it_was_given(
     state = _state(model, epoch=1)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     writer = CheckpointWriter()
-    writer.submit(tmp_path, state)  # returns although the write cannot start yet
+    writer.submit(tmp_path, state, keep=2)  # returns although the write cannot start yet
     assert not list(tmp_path.glob("epoch-*"))
     with torch.no_grad():  # training goes on and changes the weights in place
         for p in model.parameters():
@@ -58,8 +58,10 @@ def test_submit_returns_before_the_write_and_writes_the_state_it_was_given(
 def test_at_most_one_write_in_flight(tmp_path: Path, gated_writes: threading.Event):
     model = nn.Linear(4, 3)
     writer = CheckpointWriter()
-    writer.submit(tmp_path, _state(model, 1))
-    second = threading.Thread(target=writer.submit, args=(tmp_path, _state(model, 2)))
+    writer.submit(tmp_path, _state(model, 1), keep=2)
+    second = threading.Thread(
+        target=writer.submit, args=(tmp_path, _state(model, 2)), kwargs={"keep": 2}
+    )
     second.start()
     second.join(0.5)
     assert second.is_alive()  # blocked behind the first write
@@ -76,7 +78,7 @@ def test_a_failed_write_is_raised_and_leaves_nothing_half_written(tmp_path: Path
     blocker = tmp_path / "checkpoints"
     blocker.write_text("a file where the checkpoint folder should be")
     writer = CheckpointWriter()
-    writer.submit(blocker, _state(nn.Linear(4, 3), 1))
+    writer.submit(blocker, _state(nn.Linear(4, 3), 1), keep=2)
     with pytest.raises(RunError, match="Writing a checkpoint failed"):
         writer.wait()
     writer.wait()  # reported once
@@ -101,6 +103,8 @@ def test_fit_returns_with_every_checkpoint_on_disk(tmp_path: Path, monkeypatch):
     assert result.epochs_completed == 3
     last = load_checkpoint(tmp_path / "checkpoints" / "epoch-0003.safetensors")
     assert last.epoch == 3 and [h["epoch"] for h in last.history] == [1, 2, 3]
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["epoch-0002.safetensors", "epoch-0003.safetensors"]  # fit keeps 2
 
 
 def test_a_write_that_fails_midway_leaves_no_temporary_file(tmp_path: Path, monkeypatch):
@@ -110,7 +114,7 @@ def test_a_write_that_fails_midway_leaves_no_temporary_file(tmp_path: Path, monk
 
     monkeypatch.setattr(ckpt, "save_tensors", half_then_fail)
     writer = CheckpointWriter()
-    writer.submit(tmp_path, _state(nn.Linear(4, 3), 1))
+    writer.submit(tmp_path, _state(nn.Linear(4, 3), 1), keep=2)
     with pytest.raises(RunError, match="No space left"):
         writer.wait()
     assert list(tmp_path.iterdir()) == []

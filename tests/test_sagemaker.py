@@ -27,7 +27,15 @@ from inflame import tomlfile
 from inflame.errors import InflameError
 from inflame.hashing import sha256_file
 from inflame.ledger import Ledger
-from inflame.submit import cancel, download, job_logs, plan_submission, refresh, submit_plan
+from inflame.submit import (
+    cancel,
+    download,
+    follow,
+    job_logs,
+    plan_submission,
+    refresh,
+    submit_plan,
+)
 from inflame.targets.sagemaker import _botocore_model, instance_gpus, validate_request
 from tests.conftest import guarded_env
 from tests.emulation import assert_all_ok, image_env, make_image_python, run_nodes
@@ -403,6 +411,24 @@ def test_submit_status_logs_and_cancel_against_strict_moto(aws, sm_spec, tmp_pat
     )
     assert list(job_logs(record)) == ["epoch 1/2  train_loss 1.0", "epoch 2/2  train_loss 0.5"]
 
+    job = _training_job(plan.job_name)
+    for logs, expected in (
+        (False, [f"{plan.job_name}: InProgress", f"{plan.job_name}: Completed"]),  # each change
+        (True, ["epoch 1/2  train_loss 1.0", "epoch 2/2  train_loss 0.5"]),  # each line once
+    ):
+        job.training_job_status = "InProgress"
+        later = iter(["InProgress", "InProgress", "Completed"])
+        printed: list[str] = []
+
+        def advance(seconds: float, later=later) -> None:
+            job.training_job_status = next(later)
+
+        state = follow(record, ledger, logs=logs, emit=printed.append, sleep=advance)
+        # a state line ends with SageMaker's secondary status (`InProgress/Training`)
+        shown = [line.split("/")[0] if not logs else line for line in printed]
+        assert state.state == "completed" and shown == expected, printed
+    job.training_job_status = "InProgress"
+
     from moto.core.responses import ActionResult
     from moto.sagemaker.responses import SageMakerResponse
 
@@ -728,6 +754,7 @@ def test_cli_submit_jobs_status_logs_and_download(aws, sm_spec, tmp_path: Path, 
     missing = runner.invoke(app, ["download", job, str(tmp_path / "dl")])
     assert isinstance(missing.exception, InflameError)  # model.tar.gz was never uploaded
     assert "NoSuchKey" in str(missing.exception)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".dl")) == []
 
 
 def test_two_submissions_in_the_same_second_get_different_job_names(sm_spec):

@@ -135,6 +135,15 @@ def test_invalid_specs_get_precise_errors(spec_file: Path, edit, fragments):
         assert fragment in message, message
 
 
+def test_errors_name_the_spec_as_the_user_gave_it(spec_file: Path, monkeypatch):
+    """A relative path stays relative in the message (the absolute one is for resolving)."""
+    spec_file.write_text(GOOD.replace("seed = 7", "seed = -1"))
+    monkeypatch.chdir(spec_file.parent)
+    message = error_of(Path("job.toml"))
+    assert "spec, job.toml:4 (job.seed)" in message, message
+    assert str(spec_file.parent) not in message
+
+
 def test_missing_spec_file_and_directory_are_clear(tmp_path: Path):
     assert "Job spec not found" in error_of(tmp_path / "nope.toml")
     assert "is a directory" in error_of(tmp_path)

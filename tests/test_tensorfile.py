@@ -41,6 +41,17 @@ def test_round_trip_and_metadata(tmp_path: Path):
     assert read_metadata(path) == {"inflame": '{"epoch": 3}'}
 
 
+def test_a_file_of_metadata_only_is_read(tmp_path: Path):
+    """No tensors: the header runs exactly to the end of the file, which is valid."""
+    path = tmp_path / "meta.safetensors"
+    save_tensors({}, path, metadata={"note": "no tensors"})
+    (length,) = struct.unpack("<Q", path.read_bytes()[:8])
+    assert length == path.stat().st_size - 8
+    assert load_tensors(path) == {} and read_metadata(path) == {"note": "no tensors"}
+    safetensors.torch.save_file({}, tmp_path / "lib.safetensors")  # the library's own
+    assert load_tensors(tmp_path / "lib.safetensors") == {}
+
+
 @pytest.mark.parametrize(
     "tensors",
     [

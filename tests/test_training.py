@@ -9,15 +9,18 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from inflame.errors import InflameError
+from inflame.errors import InflameError, RunError
 from inflame.runtime import Context, DataInputs, MetricsLog
 from inflame.training import fit, seed_everything
 from inflame.training.checkpoint import (
+    CHECKPOINT_FORMAT,
     TrainingState,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    snapshot,
+    write_snapshot,
 )
 
 
@@ -86,7 +89,7 @@ def test_resume_from_any_epoch_matches_an_uninterrupted_run(tmp_path: Path):
     # drop the later checkpoints: as if the run had been killed after epoch 2
     for _, path in list_checkpoints(tmp_path / "part" / "checkpoints"):
         path.unlink()
-    save_checkpoint(tmp_path / "part" / "checkpoints", _state_at(tmp_path, 2))
+    save_checkpoint(tmp_path / "part" / "checkpoints", _state_at(tmp_path, 2), keep=2)
     resumed = run_fit(tmp_path / "part", epochs=5)
     assert resumed.epochs_completed == 5
     assert all(torch.equal(a, b) for a, b in zip(full, weights(resumed.model), strict=True))
@@ -115,7 +118,7 @@ def test_checkpoint_round_trip_keeps_optimizer_and_best_model(tmp_path: Path):
         bad_epochs=2,
         history=[{"epoch": 1}],
     )
-    loaded = load_checkpoint(save_checkpoint(tmp_path, state))
+    loaded = load_checkpoint(save_checkpoint(tmp_path, state, keep=2))
     assert (loaded.epoch, loaded.best_epoch, loaded.bad_epochs) == (3, 1, 2)
     assert all(torch.equal(loaded.model[k], v) for k, v in model.state_dict().items())
     assert all(torch.equal(loaded.best_model[k], v) for k, v in best.items())
@@ -157,3 +160,32 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path: Path):
     (tmp_path / "checkpoints" / "epoch-0001.safetensors").write_bytes(b"junk")
     with pytest.raises(InflameError, match="Cannot read checkpoint"):
         run_fit(tmp_path, epochs=2)
+
+
+def test_an_optimizer_state_of_tensors_and_plain_values_comes_back_whole(tmp_path: Path):
+    """Per-parameter state mixing tensors and plain values (a custom optimizer's step
+    counter, a flag) is split across the tensor file and the JSON, and merged on load."""
+    average = torch.arange(4.0)
+    optimizer = {
+        "state": {0: {"step": 3, "exp_avg": average}, 1: {"frozen": True}, 2: {"buf": average}},
+        "param_groups": [{"params": [0, 1, 2], "lr": 0.1}],
+    }
+    state = TrainingState(epoch=1, model={"w": torch.ones(2)}, optimizer=optimizer)
+    loaded = load_checkpoint(save_checkpoint(tmp_path, state, keep=1)).optimizer
+    assert loaded["param_groups"] == optimizer["param_groups"]
+    assert sorted(loaded["state"]) == [0, 1, 2]
+    assert loaded["state"][0]["step"] == 3 and torch.equal(loaded["state"][0]["exp_avg"], average)
+    assert loaded["state"][1] == {"frozen": True} and torch.equal(
+        loaded["state"][2]["buf"], average
+    )
+
+
+def test_a_checkpoint_from_a_newer_format_is_refused_not_misread(tmp_path: Path):
+    state = TrainingState(epoch=1, model={"w": torch.ones(2)})
+    tensors, meta = snapshot(state)
+    assert meta["format"] == CHECKPOINT_FORMAT
+    write_snapshot(tmp_path, 1, tensors, {**meta, "format": CHECKPOINT_FORMAT + 1}, keep=2)
+    with pytest.raises(RunError, match=r"format 2.*newer inflame") as caught:
+        latest_checkpoint(tmp_path)
+    assert "epoch-0001.safetensors" in str(caught.value)
+    assert list_checkpoints(tmp_path)[0][1].name == "epoch-0001.safetensors"  # not moved aside

@@ -23,6 +23,7 @@ from inflame.tensorfile import load_tensors, read_metadata, save_tensors
 
 _NAME_RE = re.compile(r"^epoch-(\d{4,})\.safetensors$")
 _META_KEY = "inflame"
+CHECKPOINT_FORMAT = 1  # the layout of the metadata and tensor names; raise it on a change
 
 
 @dataclass
@@ -84,7 +85,7 @@ def snapshot(state: TrainingState) -> tuple[dict[str, torch.Tensor], dict[str, A
     change: the only part of a checkpoint that has to run on the training thread."""
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in state.model.items()}
     meta: dict[str, Any] = {
-        "format": 1,
+        "format": CHECKPOINT_FORMAT,
         "epoch": state.epoch,
         "best_epoch": state.best_epoch,
         "best_score": state.best_score,
@@ -145,7 +146,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
-def save_checkpoint(folder: Path, state: TrainingState, keep: int = 2) -> Path:
+def save_checkpoint(folder: Path, state: TrainingState, *, keep: int) -> Path:
     """Atomically write the checkpoint for `state.epoch`, then prune all but the last `keep`."""
     tensors, meta = snapshot(state)
     return write_snapshot(folder, state.epoch, tensors, meta, keep)
@@ -161,7 +162,7 @@ class CheckpointWriter:
         self._error: BaseException | None = None
         self.written: list[Path] = []
 
-    def submit(self, folder: Path, state: TrainingState, keep: int = 2) -> None:
+    def submit(self, folder: Path, state: TrainingState, *, keep: int) -> None:
         self.wait()
         tensors, meta = snapshot(state)
         self._thread = threading.Thread(
@@ -209,6 +210,12 @@ def load_checkpoint(path: Path) -> TrainingState:
         tensors = load_tensors(path)  # checks the digest the file was written with
     except Exception as exc:  # a foreign or damaged file
         raise DamagedCheckpoint(path, exc) from None
+    if meta.get("format") != CHECKPOINT_FORMAT:  # intact, but not ours to read
+        raise RunError(
+            f"Checkpoint {path} is in format {meta.get('format')}, written by a newer "
+            f"inflame (this one reads format {CHECKPOINT_FORMAT}). Resume it with that "
+            "version (`pip install -U inflame`), or train from the start in a new folder."
+        )
 
     def group(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

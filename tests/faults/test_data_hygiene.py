@@ -153,3 +153,20 @@ def test_a_class_folder_or_image_without_read_permission_is_named(write_spec, tm
     else:
         assert_clean_error(result, f"Permission denied: {target}.", "Fix the permissions")
     assert not list((tmp_path / "runs").glob("*/weights.safetensors"))
+
+
+def test_predict_inputs_name_an_empty_folder_and_a_missing_path(tmp_path):
+    """Folders expand to their images (sorted, recursive); one holding none, or a path
+    that does not exist, becomes an error line of its own instead of vanishing."""
+    from inflame.predict import collect_images
+
+    image_set(tmp_path / "set", {"b": 1, "a/deeper": 1})
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    found = collect_images([tmp_path / "set", tmp_path / "empty", tmp_path / "gone.png"])
+    assert [(p.path.relative_to(tmp_path).as_posix(), p.error) for p in found] == [
+        ("set/a/deeper/0.png", None),
+        ("set/b/0.png", None),
+        ("empty", f"{tmp_path / 'empty'}: folder holds no images"),
+        ("gone.png", f"{tmp_path / 'gone.png'}: no such file or folder"),
+    ]
