@@ -83,14 +83,35 @@ class MetricsLog:
             try:
                 sink(record)
             except Exception as exc:  # a tracker's failure must not fail the run
-                self.sinks.remove(sink)
-                name = getattr(sink, "name", type(sink).__name__)
-                self.sink_errors[name] = f"{type(exc).__name__}: {exc}"
-                print(
-                    f"warning: {name} tracking stopped ({self.sink_errors[name]}); the run "
-                    f"goes on. `inflame runs sync {self.path.parent}` replays its metrics later.",
-                    file=sys.stderr,
-                )
+                self._drop(sink, exc)
+
+    def _drop(self, sink: Callable[..., None], exc: Exception) -> None:
+        self.sinks.remove(sink)
+        name = getattr(sink, "name", type(sink).__name__)
+        self.sink_errors[name] = f"{type(exc).__name__}: {exc}"
+        run = self.path.parent if self.path is not None else "RUN"
+        print(
+            f"warning: {name} tracking stopped ({self.sink_errors[name]}); the run "
+            f"goes on. `inflame runs sync {run}` replays its metrics later.",
+            file=sys.stderr,
+        )
+
+    def draws_previews(self) -> bool:
+        return any(hasattr(sink, "preview") for sink in self.sinks)
+
+    def preview(self, model: Any, inputs: Any) -> None:
+        """Give sample inputs and the model to the sinks that draw them (TensorBoard's
+        images and graph); a sink that fails here is dropped, as in `append`."""
+        if self.path is None:
+            return
+        for sink in list(self.sinks):
+            draw = getattr(sink, "preview", None)
+            if draw is None:
+                continue
+            try:
+                draw(model, inputs)
+            except Exception as exc:
+                self._drop(sink, exc)
 
     def tracking(self) -> dict[str, Any]:
         """For the manifest: each tracker's destination, or its error and the way to replay."""

@@ -4,11 +4,14 @@ that fails never costs the run, and `inflame runs sync` replays it later."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from inflame.launcher import train_local
@@ -51,7 +54,25 @@ def test_every_logged_number_is_a_tensorboard_scalar_at_its_epoch(write_spec, tm
     assert [step for step, _ in charted["loss/val"]] == [1, 2]
     assert charted["accuracy/test"][0][0] == 2  # a test score sits at the last epoch
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["tracking"] == {"tensorboard": {"log_dir": str(run / "tensorboard")}}
+    assert manifest["tracking"] == {
+        "tensorboard": {"log_dir": str(run / "tensorboard"), "drawn": ["images", "graph"]}
+    }
+
+    # sample images, as the model sees them, and the model's graph
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    [grid] = events.Images("samples/train")
+    picture = Image.open(io.BytesIO(grid.encoded_image_string))
+    assert grid.step == 0 and picture.mode == "RGB"
+    assert (picture.width, picture.height) == (8 * 32, 2 * 32)  # 16 images, 8 to a row
+    pixels = np.asarray(picture)
+    assert pixels.min() == 0 and pixels.max() == 255  # stretched, not washed out
+    graph = events.Graph()
+    operations = {node.op for node in graph.node}
+    assert "aten::_convolution" in operations and "aten::linear" in operations
+    # neither drawing changed the training: the same weights as without TensorBoard
+    plain = train_local(write_spec("plain.toml"), run_dir=tmp_path / "plain").manifest
+    assert manifest["weights_sha256"] == plain["weights_sha256"]
 
 
 def test_a_resume_replaces_the_epochs_after_the_checkpoint(write_spec, tmp_path):
@@ -116,3 +137,25 @@ def test_tracking_spec_errors_and_where_the_events_go(cli, write_spec, tmp_path)
     assert not (tmp_path / "runs").exists()
     assert log_dir(tmp_path, {}) == str(tmp_path / "tensorboard")
     assert log_dir(tmp_path, {VERTEX_LOG_DIR_ENV: "gs://b/tb/logs"}) == "/gcs/b/tb/logs"
+
+
+def test_a_model_that_cannot_be_traced_still_gets_its_images_and_metrics(tmp_path, capsys):
+    import torch
+
+    from inflame.tracking.tensorboard import TensorBoardLog
+
+    class Named(torch.nn.Module):  # a dict output: strict tracing refuses it
+        def forward(self, x):
+            return {"logits": x.mean(dim=(2, 3))}
+
+    sink = TensorBoardLog(str(tmp_path / "tb"))
+    sink.preview(Named(), torch.randn(4, 3, 8, 8))
+    sink({"epoch": 1, "train_loss": 0.5})
+    sink.close()
+    assert sink.describe()["drawn"] == ["images"]
+    assert sink.describe()["not_drawn"].startswith("graph: ")
+    assert "TensorBoard shows no model graph" in capsys.readouterr().err
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert events.Tags()["images"] == ["samples/train"] and not events.Tags()["graph"]
+    assert scalars(tmp_path / "tb") == {"loss/train": [(1, 0.5)]}

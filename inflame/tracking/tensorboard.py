@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,28 +46,72 @@ class TensorBoardLog:
         self.logdir = logdir
         self._writer: Any = None
         self._step = last_step
+        self.drawn: list[str] = []  # what `preview` drew: "images", "graph"
+        self.not_drawn: str | None = None
 
-    def __call__(self, record: Mapping[str, Any]) -> None:
-        epoch = record.get("epoch", record.get("step"))
+    def _open(self, purge_step: int | None) -> Any:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(self.logdir, purge_step=epoch)
+            self._writer = SummaryWriter(self.logdir, purge_step=purge_step)
+        return self._writer
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        epoch = record.get("epoch", record.get("step"))
+        writer = self._open(epoch)
         step = epoch if isinstance(epoch, int) else self._step  # a test score: the last epoch
         for key, value in record.items():
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if number and key not in _NOT_SCALARS:
-                self._writer.add_scalar(tag(key), value, step)
-        self._writer.flush()
+                writer.add_scalar(tag(key), value, step)
+        writer.flush()
         self._step = step
 
+    def preview(self, model: Any, inputs: Any) -> None:
+        """At a run's start (step 0): `inputs` as images when they are images (each one
+        stretched to the full range: they arrive normalised), and the model's graph, traced
+        on one input in eval mode. A model that cannot be traced is a warning; an event
+        folder that cannot be written raises (the caller drops this sink)."""
+        import torch
+
+        writer = self._open(0)
+        if inputs.ndim == 4 and inputs.shape[1] in (1, 3) and inputs.is_floating_point():
+            writer.add_images("samples/train", _stretch(inputs.detach().float().cpu()), 0)
+            self.drawn.append("images")
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracing's deprecation and tracer warnings
+                writer.add_graph(model, inputs[:1])  # eval mode while traced, then restored
+            self.drawn.append("graph")
+        except Exception as exc:  # e.g. a forward that returns a dict, or data-dependent
+            self.not_drawn = f"graph: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            print(
+                f"warning: TensorBoard shows no model graph: it could not be traced "
+                f"({self.not_drawn}); metrics and images are still logged.",
+                file=sys.stderr,
+            )
+        writer.flush()
+
     def describe(self) -> dict[str, Any]:
-        return {"log_dir": self.logdir}
+        found: dict[str, Any] = {"log_dir": self.logdir}
+        if self.drawn:
+            found["drawn"] = self.drawn
+        if self.not_drawn:
+            found["not_drawn"] = self.not_drawn
+        return found
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _stretch(images: Any) -> Any:
+    """Each image scaled to [0, 1] by its own minimum and maximum."""
+    flat = images.flatten(1)
+    low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    high = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    return (images - low) / (high - low).clamp_min(1e-8)
 
 
 def replay(records: list[Mapping[str, Any]], logdir: str) -> int:

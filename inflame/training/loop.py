@@ -34,6 +34,7 @@ from inflame.training.checkpoint import (
 )
 from inflame.training.distributed import all_reduce_sum, barrier
 from inflame.training.loading import EpochOrder, auto_workers, make_loader
+from inflame.training.preview import preview
 from inflame.training.progress import Reporter, make_reporter
 from inflame.training.seeding import epoch_seed, seed_rngs
 
@@ -222,6 +223,8 @@ def fit(
     ctx.record("performance", record)
     if fast.device.type == "cpu" and record["allocator"].startswith("glibc") and ctx.is_main:
         _allocator_hint(reporter)
+    if state.epoch == 0:  # TensorBoard's sample images and graph, once per run
+        preview(ctx, model, train_data, fast.device)
     step = _Stepper(wrap(), loss_fn, fast, reporter)
     state_epoch_at_start = state.epoch
     reporter.start(epochs, state.epoch, batches)
