@@ -447,3 +447,51 @@ def test_missing_credentials_get_the_az_login_hint(az_spec, tmp_path: Path, monk
     with pytest.raises(InflameError, match="Run `az login`"):
         submit_plan(plan_submission(az_spec(), "azure"), ledger)
     assert ledger.all()[0].status == "submit-failed"
+
+
+def test_tensorboard_events_go_where_the_jobs_tensorboard_service_reads_them(
+    az_spec, azure, tmp_path: Path, monkeypatch
+):
+    """[tracking] tensorboard = true: the job carries a TensorBoard service reading
+    outputs/tensorboard (relative to its working folder, the code snapshot, whose ./outputs
+    Azure ML keeps with the job), accepted by the SDK's schema and the strict fake; inside
+    the job the events are written exactly there."""
+    from inflame.runtime import metrics_log
+    from inflame.spec import load_spec
+    from inflame.targets.azure import TENSORBOARD_DIR
+    from inflame.targets.base import BoundPaths
+    from tests.test_tracking import scalars
+
+    spec_path = az_spec(tracking={"tensorboard": True})
+    plan = plan_submission(spec_path, "azure")
+    body = rest_body(plan)
+    assert body["properties"]["services"] == {
+        "tensorboard": {"jobServiceType": "TensorBoard", "properties": {"logDir": TENSORBOARD_DIR}}
+    }
+    (tmp_path / "job.yml").write_text(plan.rendered)
+    assert load_job(source=tmp_path / "job.yml").services["tensorboard"].log_dir == TENSORBOARD_DIR
+    for bad in ("/mnt/tb", "../tb", ""):
+        body["properties"]["services"]["tensorboard"]["properties"]["logDir"] = bad
+        with pytest.raises(InflameError, match="must be a path inside the job's working"):
+            validate_request(plan.job_name, body)
+    body["properties"]["services"]["tensorboard"]["jobServiceType"] = "Tensorboard"
+    with pytest.raises(InflameError, match="'Tensorboard' is not one of"):
+        validate_request(plan.job_name, body)
+    azure.clusters["gpu-cluster"] = ("Standard_NC24ads_A100_v4", "LowPriority")
+    submit_plan(plan, Ledger(tmp_path / "ledger.sqlite"))
+    [(_, _, sent)] = [r for r in azure.requests if r[0] == "PUT" and "/jobs/" in r[1]]
+    assert json.loads(sent)["properties"]["services"] == rest_body(plan)["properties"]["services"]
+
+    code = tmp_path / "code"  # the job's working folder
+    code.mkdir()
+    monkeypatch.chdir(code)
+    bound = BoundPaths({}, tmp_path / "mnt" / "run", tmp_path / "mnt" / "checkpoints")
+    paths = TARGET.job_paths(load_spec(spec_path), {"AZUREML_RUN_ID": "x"}, bound)
+    assert paths.tensorboard_dir == code / TENSORBOARD_DIR
+    paths.run_dir.mkdir(parents=True)
+    log = metrics_log(load_spec(spec_path), paths.run_dir, 0, {}, paths.tensorboard_dir)
+    log.append({"epoch": 1, "train_loss": 0.5})
+    log.close()
+    assert scalars(code / "outputs" / "tensorboard") == {"loss/train": [(1, 0.5)]}
+    assert not (paths.run_dir / "tensorboard").exists()
+    assert "services" not in rest_body(plan_submission(az_spec(), "azure"))["properties"]

@@ -101,6 +101,21 @@ SETTINGS = (
     Setting("experiment"),  # default: the job's name
     Setting("datastore", "workspaceblobstore"),
 )
+# JobService.jobServiceType as the REST API names them (azure-ai-ml JobServiceTypeNames)
+SERVICE_TYPES = (
+    "Custom",
+    "Tracking",
+    "Studio",
+    "JupyterLab",
+    "SSH",
+    "TensorBoard",
+    "VSCode",
+    "RayDashboard",
+)
+# [tracking] tensorboard: the job writes events here, relative to its working folder (the
+# code snapshot); Azure ML uploads ./outputs with the job, and the TensorBoard job service
+# (`services`, log_dir relative to the same folder) shows them while it runs
+TENSORBOARD_DIR = "outputs/tensorboard"
 JOB_TIERS = ("Spot", "Basic", "Standard", "Premium", "Null")
 INPUT_MODES = ("ReadOnlyMount", "ReadWriteMount", "Download", "Direct", "EvalMount", "EvalDownload")
 URI_SCHEMES = ("azureml://", "https://", "wasbs://", "abfss://")
@@ -185,6 +200,20 @@ def _rule_violations(name: str, body: Mapping[str, Any]) -> Iterator[str]:
     for key in props.get("environmentVariables") or {}:
         if not base.ENV_NAME.fullmatch(key):
             yield f"properties.environmentVariables: {key!r} is not a valid variable name"
+    for key, service in (props.get("services") or {}).items():
+        kind = service.get("jobServiceType")
+        if kind not in SERVICE_TYPES:
+            yield f"properties.services.{key}.jobServiceType: {kind!r} is not one of " + (
+                ", ".join(SERVICE_TYPES)
+            )
+        log_dir = (service.get("properties") or {}).get("logDir", "")
+        if kind == "TensorBoard" and (
+            not log_dir or log_dir.startswith("/") or ".." in Path(log_dir).parts
+        ):
+            yield (
+                f"properties.services.{key}.properties.logDir: {log_dir!r} must be a path "
+                "inside the job's working folder"
+            )
 
 
 def validate_request(name: str, body: Mapping[str, Any]) -> None:
@@ -345,6 +374,8 @@ class AzureML(Provider):
         name = base.unique_job_name(spec.job.name, r"[^a-zA-Z0-9_-]+", limit=255)
         experiment = settings["experiment"] or spec.job.name
         # the public builder gives the Command node that MLClient.jobs.create_or_update takes
+        from azure.ai.ml.entities import TensorBoardJobService
+
         job = ml.command(
             name=name,
             display_name=spec.job.name,
@@ -373,6 +404,10 @@ class AzureML(Provider):
                 ),
             },
             environment_variables=base.job_environment(spec, self.name, environment, image_torch),
+            # [tracking] tensorboard: the job's TensorBoard service reads the events live
+            services={"tensorboard": TensorBoardJobService(log_dir=TENSORBOARD_DIR)}
+            if spec.tracking.tensorboard
+            else None,
             # Azure ML's PyTorch distribution starts every process itself
             distribution=ml.PyTorchDistribution(
                 process_count_per_instance=base.processes_per_node(spec)
@@ -569,7 +604,13 @@ class AzureML(Provider):
                 "Inside an Azure ML job the paths come from the command line: pass --data "
                 "NAME=PATH for each input, --run-dir and --checkpoint-dir."
             )
-        return JobPaths(self.name, dict(bound.data), bound.run_dir, bound.checkpoint_dir)
+        return JobPaths(
+            self.name,
+            dict(bound.data),
+            bound.run_dir,
+            bound.checkpoint_dir,
+            tensorboard_dir=Path.cwd() / TENSORBOARD_DIR,  # entry.sh runs in the code folder
+        )
 
     def cluster(self, env: Mapping[str, str]) -> Cluster:
         raise InflameError(
