@@ -96,18 +96,15 @@ def creation_lock(url: str) -> Iterator[None]:
         yield
         return
     lock = path.with_name(path.name + ".lock")
-    try:
-        holding = locked(lock)
-        holding.__enter__()
-    except OSError as exc:
-        raise InflameError(
-            f"Cannot lock the sweep's study: {lock}: {exc.strerror or exc}. The folder "
-            "must be writable (choose another with --out or --storage)."
-        ) from None
-    try:
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(locked(lock))
+        except OSError as exc:
+            raise InflameError(
+                f"Cannot lock the sweep's study: {lock}: {exc.strerror or exc}. The folder "
+                "must be writable (choose another with --out or --storage)."
+            ) from None
         yield
-    finally:
-        holding.__exit__(None, None, None)
 
 
 def rdb_storage(url: str) -> Any:
