@@ -3,10 +3,11 @@ and a helper that runs the real `inflame` CLI in a subprocess."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +18,10 @@ from inflame import tomlfile
 from inflame.data.demo import make_demo_dataset
 
 _LOOPBACK = ("127.", "::1", "localhost")
-# One cache folder for the whole session (subprocesses inherit it): never the user's own.
+# One cache folder for the whole session (subprocesses inherit it): never the user's own,
+# removed when the session ends.
 os.environ["INFLAME_CACHE_DIR"] = tempfile.mkdtemp(prefix="inflame-test-cache-")
+atexit.register(shutil.rmtree, os.environ["INFLAME_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -100,14 +103,9 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
             COLUMNS="200",
             INFLAME_HOME=str(tmp_path / "home"),
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "inflame", *map(str, args)],
-            capture_output=True,
-            text=True,
-            cwd=cwd or tmp_path,
-            env=env,
-            timeout=timeout,
-        )
+        from tests.helpers import inflame_process
+
+        result = inflame_process(args, cwd=cwd or tmp_path, env=env, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"inflame {args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +49,27 @@ def run_inflame(*args: str | Path, cwd: Path, **env: str) -> subprocess.Complete
     """`python -m inflame ARGS` in `cwd` (its own INFLAME_HOME there), loopback only."""
     from tests.conftest import guarded_env
 
-    return subprocess.run(
-        [sys.executable, "-m", "inflame", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=guarded_env(COLUMNS="200", INFLAME_HOME=str(cwd / "home"), **env),
-        timeout=300,
+    return inflame_process(
+        args, cwd=cwd, env=guarded_env(COLUMNS="200", INFLAME_HOME=str(cwd / "home"), **env)
     )
+
+
+def inflame_process(
+    args: Sequence[str | Path], *, cwd: Path, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m inflame ARGS` as a process of its own, forked from a server that has
+    torch imported already (tests/zygote.py); INFLAME_TEST_ZYGOTE=0 starts a plain
+    interpreter instead."""
+    argv = [str(arg) for arg in args]
+    if os.environ.get("INFLAME_TEST_ZYGOTE", "1") == "0":
+        return subprocess.run(
+            [sys.executable, "-m", "inflame", *argv],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+        )
+    from tests.zygote import ZYGOTE
+
+    return ZYGOTE.run(argv, cwd=cwd, env=env, timeout=timeout)

@@ -154,12 +154,17 @@ def test_every_distribution_is_drawn_within_its_space(tmp_path: Path):
 # ---- sweeps that train ------------------------------------------------------------------
 
 
-def test_a_grid_sweep_finds_the_better_learning_rate(tmp_path: Path):
+def test_a_parallel_grid_sweep_finds_the_better_learning_rate(tmp_path: Path):
     space = {"learning_rate": {"choice": [BAD, GOOD]}}
     spec = blobs_spec(tmp_path / "job.toml", {"sampler": "grid", "hyperparameters": space})
-    result = run_inflame("sweep", spec, "--out", "sw", cwd=tmp_path)
+    result = run_inflame("sweep", spec, "--out", "sw", "--parallel", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "sw"
+    manifests = [json.loads((trial_dir(sweep, n) / "manifest.json").read_text()) for n in (0, 1)]
+    first, second = sorted(manifests, key=lambda m: m["created"])
+    assert second["created"] < first["finished"]  # the second started before the first ended
+    for manifest in manifests:  # the CPUs split between the trials
+        assert manifest["environment"]["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
     summary = json.loads((sweep / "summary.json").read_text())
     best = summary["best"]
     assert best["params"] == {"learning_rate": GOOD}
@@ -208,7 +213,7 @@ def test_unpromising_trials_are_pruned(tmp_path: Path):
         "pruner_warmup_epochs": 0,
         "hyperparameters": space,
     }
-    spec = blobs_spec(tmp_path / "job.toml", table, seed=4, epochs=4, samples=2000)
+    spec = blobs_spec(tmp_path / "job.toml", table, seed=4, epochs=3, samples=1000)
     order = [p["params"]["learning_rate"] for p in Sweep(spec, out=tmp_path / "sw").plan()]
     # the grid's order is fixed by the seed; this test needs the good rates first
     assert sorted(order[:2]) == [0.3, GOOD], f"choose another seed: the order is {order}"
@@ -217,7 +222,7 @@ def test_unpromising_trials_are_pruned(tmp_path: Path):
     rows = {r["trial"]: r for r in json.loads((tmp_path / "sw/summary.json").read_text())["trials"]}
     for number in (0, 1):
         assert rows[number]["state"] == "complete"
-        assert epochs_of(trial_dir(tmp_path / "sw", number)) == [1, 2, 3, 4]
+        assert epochs_of(trial_dir(tmp_path / "sw", number)) == [1, 2, 3]
     for number in (2, 3):  # near chance after epoch 1, far below the median: stopped
         run = trial_dir(tmp_path / "sw", number)
         manifest = json.loads((run / "manifest.json").read_text())
@@ -229,9 +234,9 @@ def test_unpromising_trials_are_pruned(tmp_path: Path):
 
 
 def test_a_killed_sweep_continues_where_it_stopped(tmp_path: Path):
-    space = {"learning_rate": {"choice": [GOOD, 0.3, 0.2]}}
+    space = {"learning_rate": {"choice": [GOOD, 0.3]}}
     table = {"sampler": "grid", "pruner": "none", "hyperparameters": space}
-    spec = blobs_spec(tmp_path / "job.toml", table, epochs=4, samples=4000)
+    spec = blobs_spec(tmp_path / "job.toml", table, epochs=4, samples=3000)
     sweep = tmp_path / "sw"
     command = [sys.executable, "-m", "inflame", "sweep", str(spec), "--out", str(sweep)]
     env = guarded_env(INFLAME_HOME=str(tmp_path / "home"))
@@ -259,25 +264,9 @@ def test_a_killed_sweep_continues_where_it_stopped(tmp_path: Path):
     assert resumed["status"] == "completed" and resumed["resumed"]
     assert epochs_of(trial_dir(sweep, 1)) == [1, 2, 3, 4] and len(stopped_at) < 4
     rows = json.loads((sweep / "summary.json").read_text())["trials"]
-    assert sorted(r["trial"] for r in rows) == [0, 1, 2]
+    assert sorted(r["trial"] for r in rows) == [0, 1]
     assert {r["state"] for r in rows} == {"complete"}
-    assert not trial_dir(sweep, 3).exists()
-
-
-def test_parallel_trials_run_at_once_with_the_cpus_split(tmp_path: Path):
-    space = {"learning_rate": {"choice": [GOOD, 0.3]}}
-    spec = blobs_spec(
-        tmp_path / "job.toml", {"sampler": "grid", "hyperparameters": space}, samples=3000
-    )
-    result = run_inflame("sweep", spec, "--out", "sw", "--parallel", "2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    manifests = [
-        json.loads((trial_dir(tmp_path / "sw", n) / "manifest.json").read_text()) for n in (0, 1)
-    ]
-    first, second = sorted(manifests, key=lambda m: m["created"])
-    assert second["created"] < first["finished"]  # the second started before the first ended
-    for manifest in manifests:
-        assert manifest["environment"]["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert not trial_dir(sweep, 2).exists()
 
 
 def test_the_best_trial_is_a_run_for_predict_and_eval(write_spec, demo_set: Path, tmp_path: Path):
@@ -336,7 +325,7 @@ def test_opening_a_sqlite_study_waits_for_another_process_opening_it(tmp_path: P
 def test_two_sweep_processes_share_one_study(tmp_path: Path):
     space = {"learning_rate": {"log_uniform": [0.05, 0.5]}}
     spec = blobs_spec(
-        tmp_path / "job.toml", {"sampler": "random", "trials": 4, "hyperparameters": space}
+        tmp_path / "job.toml", {"sampler": "random", "trials": 3, "hyperparameters": space}
     )
     command = [sys.executable, "-m", "inflame", "sweep", str(spec), "--out", str(tmp_path / "sw")]
     env = guarded_env(INFLAME_HOME=str(tmp_path / "home"))
@@ -347,9 +336,9 @@ def test_two_sweep_processes_share_one_study(tmp_path: Path):
     outputs = [process.communicate(timeout=600)[1] for process in sweeps]
     assert [process.returncode for process in sweeps] == [0, 0], outputs
     rows = json.loads((tmp_path / "sw" / "summary.json").read_text())["trials"]
-    # each process asks for a trial only while the study holds fewer than 4; two asking at
-    # the same moment can make it 5, never more, and no trial is trained twice
-    assert 4 <= len(rows) <= 5 and {r["state"] for r in rows} == {"complete"}
+    # each process asks for a trial only while the study holds fewer than 3; two asking at
+    # the same moment can make it 4, never more, and no trial is trained twice
+    assert 3 <= len(rows) <= 4 and {r["state"] for r in rows} == {"complete"}
     started = [line for out in outputs for line in out.splitlines() if ": started" in line]
     assert len(started) == len(rows)
     assert all("started" in out for out in outputs)  # both did some of the work
