@@ -51,11 +51,16 @@ def child(request, fds):
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     os.chdir(request["cwd"])
+    started_with = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     os.environ.clear()
     os.environ.update(request["env"])
     sys.orig_argv = [sys.executable, "-m", "inflame", *request["args"]]
     sys.argv = ["inflame", *request["args"]]
-    sys.path[0] = request["cwd"]  # `python -m` puts the working folder first
+    # sys.path as `python -m` builds it from this call's PYTHONPATH: the working folder,
+    # then PYTHONPATH, then what the server's own PYTHONPATH did not add
+    given = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    rest = [p for p in sys.path[1:] if p not in started_with]
+    sys.path[:] = [request["cwd"], *given, *rest]
     code = 0
     try:
         runpy.run_module("inflame", run_name="__main__", alter_sys=True)
