@@ -54,7 +54,7 @@ from inflame.runtime import (
     require_trackers,
 )
 from inflame.spec import JobSpec, load_spec
-from inflame.stopping import STOP_FILE_ENV, Terminated, on_sigterm
+from inflame.stopping import STOP_FILE_ENV, Terminated, on_sigterm, write_stop_file
 from inflame.targets.base import IMAGE_ENV, IMAGE_TORCH_ENV, JobPaths, same_torch
 
 # how long stopping processes may take (the platforms allow about 30 s to 2 min)
@@ -380,7 +380,7 @@ def _run_torchrun(command: list[str], run_dir: Path) -> int:
             code = proc.wait()
         except KeyboardInterrupt as exc:
             interrupt = exc
-            stop_file.write_text("SIGTERM" if isinstance(exc, Terminated) else "SIGINT")
+            write_stop_file(stop_file, "SIGTERM" if isinstance(exc, Terminated) else "SIGINT")
             try:
                 code = proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:

@@ -7,6 +7,7 @@ resolvers without changing apps). Distributed rank fields come from torchrun's v
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -87,6 +88,8 @@ class MetricsLog:
 
     def _drop(self, sink: Callable[..., None], exc: Exception) -> None:
         self.sinks.remove(sink)
+        with contextlib.suppress(Exception):  # release what it holds; it is broken already
+            getattr(sink, "close", lambda: None)()
         name = getattr(sink, "name", type(sink).__name__)
         self.sink_errors[name] = f"{type(exc).__name__}: {exc}"
         run = self.path.parent if self.path is not None else "RUN"
@@ -102,8 +105,6 @@ class MetricsLog:
     def preview(self, model: Any, inputs: Any) -> None:
         """Give sample inputs and the model to the sinks that draw them (TensorBoard's
         images and graph); a sink that fails here is dropped, as in `append`."""
-        if self.path is None:
-            return
         for sink in list(self.sinks):
             draw = getattr(sink, "preview", None)
             if draw is None:

@@ -42,6 +42,14 @@ def requested() -> bool:
     return bool(stop_file) and os.path.exists(stop_file)
 
 
+def write_stop_file(path: Path, why: str) -> None:
+    """Ask the run reading `path` to stop, saying why. Written whole under a temporary name
+    and renamed: the run may see the file at any moment, and must never read it empty."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(why, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def reason() -> str:
     """What asked the run to stop: SIGTERM, or the signal the parent wrote in the stop file."""
     stop_file = os.environ.get(STOP_FILE_ENV)

@@ -73,3 +73,35 @@ def inflame_process(
     from tests.zygote import ZYGOTE
 
     return ZYGOTE.run(argv, cwd=cwd, env=env, timeout=timeout)
+
+
+def inflame_popen(
+    args: Sequence[str | Path],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    stdout: int | None = subprocess.PIPE,
+    stderr: int | None = subprocess.PIPE,
+    sigint_default: bool = False,
+) -> Any:
+    """`subprocess.Popen([python, -m, inflame, *args], text=True, ...)`, forked from the
+    same server as `inflame_process`. `sigint_default`: Ctrl-C acts as in a terminal even
+    when the tests run in the background (where SIGINT is inherited ignored)."""
+    argv = [str(arg) for arg in args]
+    if os.environ.get("INFLAME_TEST_ZYGOTE", "1") == "0":
+        from tests.zygote import _default_sigint
+
+        return subprocess.Popen(
+            [sys.executable, "-m", "inflame", *argv],
+            cwd=cwd,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            preexec_fn=_default_sigint if sigint_default else None,
+        )
+    from tests.zygote import ZYGOTE
+
+    return ZYGOTE.popen(
+        argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, sigint_default=sigint_default
+    )

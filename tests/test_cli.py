@@ -17,7 +17,7 @@ from PIL import Image
 
 from inflame.hashing import sha256_file
 from tests.conftest import guarded_env
-from tests.helpers import assert_clean_error
+from tests.helpers import assert_clean_error, inflame_popen
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -146,8 +146,9 @@ def test_killed_run_resumes_to_the_same_weights(
 
     run_dir = tmp_path / "killed"
     env = {**os.environ, "INFLAME_RUNS_DIR": str(tmp_path / "runs")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inflame", "train", "--local", str(spec), "--run-dir", str(run_dir)],
+    proc = inflame_popen(
+        ["train", "--local", spec, "--run-dir", run_dir],
+        cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -152,9 +152,18 @@ def test_a_model_that_cannot_be_traced_still_gets_its_images_and_metrics(tmp_pat
     sink.preview(Named(), torch.randn(4, 3, 8, 8))
     sink({"epoch": 1, "train_loss": 0.5})
     sink.close()
+    sink.preview(Named(), torch.randn(4, 3, 8, 8))  # once per run: a second call draws nothing
     assert sink.describe()["drawn"] == ["images"]
     assert sink.describe()["not_drawn"].startswith("graph: ")
-    assert "TensorBoard shows no model graph" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "TensorBoard shows no model graph" in printed.err
+    assert printed.out == ""  # stdout is the CLI's answer: torch's own error print stays out
+
+    features = TensorBoardLog(str(tmp_path / "features"))  # e.g. a head on cached features
+    features.preview(torch.nn.Linear(5, 2), torch.randn(4, 5))
+    features.close()
+    assert features.describe()["drawn"] == ["graph"]
+    assert features.describe()["not_drawn"] == "images: the inputs have shape (5,)"
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert events.Tags()["images"] == ["samples/train"] and not events.Tags()["graph"]

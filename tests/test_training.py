@@ -14,6 +14,7 @@ from inflame.runtime import Context, DataInputs, MetricsLog
 from inflame.training import fit, seed_everything
 from inflame.training.checkpoint import (
     CHECKPOINT_FORMAT,
+    DamagedCheckpoint,
     TrainingState,
     latest_checkpoint,
     list_checkpoints,
@@ -181,11 +182,22 @@ def test_an_optimizer_state_of_tensors_and_plain_values_comes_back_whole(tmp_pat
 
 
 def test_a_checkpoint_from_a_newer_format_is_refused_not_misread(tmp_path: Path):
+    """Format 2 may lay out tensors and digests differently: the number is read first, so
+    the file is refused as too new, never renamed as damaged or misread."""
     state = TrainingState(epoch=1, model={"w": torch.ones(2)})
     tensors, meta = snapshot(state)
     assert meta["format"] == CHECKPOINT_FORMAT
-    write_snapshot(tmp_path, 1, tensors, {**meta, "format": CHECKPOINT_FORMAT + 1}, keep=2)
-    with pytest.raises(RunError, match=r"format 2.*newer inflame") as caught:
+    future = {**meta, "format": CHECKPOINT_FORMAT + 1, "inflame_version": "9.0"}
+    path = write_snapshot(tmp_path, 1, tensors, future, keep=2)
+    with open(path, "r+b") as handle:  # a layout this version cannot check
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
+    with pytest.raises(RunError, match=r"format 2, written by a newer inflame \(9\.0\)") as caught:
         latest_checkpoint(tmp_path)
-    assert "epoch-0001.safetensors" in str(caught.value)
+    assert "epoch-0001.safetensors" in str(caught.value) and "inflame 9.0" in str(caught.value)
     assert list_checkpoints(tmp_path)[0][1].name == "epoch-0001.safetensors"  # not moved aside
+    write_snapshot(tmp_path, 2, tensors, {**meta, "format": "one"}, keep=2)  # nonsense: damaged
+    with pytest.raises(DamagedCheckpoint, match="unknown checkpoint format 'one'"):
+        load_checkpoint(tmp_path / "epoch-0002.safetensors")

@@ -3,23 +3,32 @@ torch import (~4 s on 2 cores) for every call.
 
 A server process imports torch, torchvision and numpy once, then forks a child per call.
 The child is a fresh process as `python -m inflame` makes it: its own pid, the call's
-environment, working folder and argv, stdin/stdout/stderr on the caller's pipes, default
-signal handlers, and inflame imported anew (the server never imports it). It exits with
-the code the CLI chose, or dies by the signal that killed it. The network guard
-(tests/netguard) is active in the server, hence in every child.
+environment, working folder, argv and sys.path, stdin/stdout/stderr on the caller's pipes,
+the signal dispositions a new interpreter would inherit, numpy's global RNG reseeded, and
+inflame imported anew (the server never imports it). It ends as an interpreter does: it
+waits for non-daemon threads, runs atexit, flushes, and exits with the CLI's code or dies
+by the signal that stopped it. The network guard (tests/netguard) is active in the server,
+hence in every child.
 
-Only imports happen before the fork: no thread and no OpenMP pool exist yet, so forking
-is safe. Anything that needs a real interpreter start (import-time checks, an execve with
-a preloaded allocator) still works: the child can exec, and tests that measure imports
+Before the fork only imports have run: no OpenMP pool exists yet, and OpenBLAS's thread
+pool (numpy starts it) is fork-safe by design. Variables read when those libraries load
+(`OMP_*`, `MKL_*`, `LD_*`, `PYTHON*`...) cannot change in a forked child, so a call that
+sets them differently from the server runs in a plain interpreter instead; so does any
+call when INFLAME_TEST_ZYGOTE=0. Tests that measure imports or run an app as a script
 start their own interpreter.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
+import re
+import select
 import selectors
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,18 +51,19 @@ selector = selectors.DefaultSelector()
 selector.register(listener, selectors.EVENT_READ)
 
 
-def child(request, fds):
+def child(request, fds, connection):
     listener.close()
+    connection.close()
     for fd, target in zip(fds, (0, 1, 2)):
         os.dup2(fd, target)
         os.close(fd)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as at interpreter start
-    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
+    if request.get("sigint_default"):  # Ctrl-C as in a terminal, even if pytest ignores it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     os.chdir(request["cwd"])
     started_with = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     os.environ.clear()
     os.environ.update(request["env"])
+    numpy.random.seed()  # a new interpreter's global RNG is seeded from the OS
     sys.orig_argv = [sys.executable, "-m", "inflame", *request["args"]]
     sys.argv = ["inflame", *request["args"]]
     # sys.path as `python -m` builds it from this call's PYTHONPATH: the working folder,
@@ -61,7 +71,7 @@ def child(request, fds):
     given = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
     rest = [p for p in sys.path[1:] if p not in started_with]
     sys.path[:] = [request["cwd"], *given, *rest]
-    code = 0
+    code, interrupted = 0, False
     try:
         runpy.run_module("inflame", run_name="__main__", alter_sys=True)
     except SystemExit as exc:
@@ -69,34 +79,45 @@ def child(request, fds):
         if not isinstance(exc.code, (int, type(None))):
             print(exc.code, file=sys.stderr)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)  # as the interpreter does: die by the signal
+        traceback.print_exc()
+        interrupted = True
     except BaseException:
         traceback.print_exc()
         code = 1
-    try:
-        import atexit
+    try:  # what the interpreter does on its way out
+        import atexit, threading
+        threading._shutdown()  # waits for non-daemon threads
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
+        if interrupted:  # as the interpreter does: die by the signal
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)
+
+
+def serve_one():
+    connection, _ = listener.accept()
+    message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+    pid = os.fork()
+    if pid == 0:
+        selector.close()
+        for other in children.values():
+            other.close()
+        child(json.loads(message), fds, connection)
+    for fd in fds:
+        os.close(fd)
+    connection.sendall(f"{pid}\n".encode())
+    children[pid] = connection
 
 
 while True:
     for key, _ in selector.select(timeout=0.05):
-        connection, _ = listener.accept()
-        message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
-        pid = os.fork()
-        if pid == 0:
-            selector.close()
-            for other in children.values():
-                other.close()
-            child(json.loads(message), fds)
-        for fd in fds:
-            os.close(fd)
-        connection.sendall(f"{pid}\n".encode())
-        children[pid] = connection
+        try:
+            serve_one()
+        except Exception:  # one bad call must not take the server down
+            traceback.print_exc()
     for pid in list(children):
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -109,16 +130,30 @@ while True:
 """
 
 
+# read when Python, torch, numpy or their libraries load: a child cannot change them
+_FIXED_AT_START = re.compile(
+    r"(PYTHON(?!PATH$)\w*|OMP_\w+|KMP_\w+|MKL_\w+|OPENBLAS_\w+|GOTO\w+|LD_\w+|MALLOC_\w+"
+    r"|CUDA_\w+|TORCH_\w+|PYTORCH_\w+|LC_\w+|LANG|LANGUAGE)"
+)
+
+
+def _fixed(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if _FIXED_AT_START.fullmatch(k)}
+
+
 class Zygote:
     """The server, started on first use and stopped when the test process exits."""
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[str] | None = None
         self._socket = ""
+        self._fixed: dict[str, str] = {}
 
     def _start(self, env: Mapping[str, str]) -> None:
+        self.stop()  # a server that died leaves its socket folder
         folder = tempfile.mkdtemp(prefix="inflame-zygote-")
         self._socket = os.path.join(folder, "socket")
+        self._fixed = _fixed(env)
         self._process = subprocess.Popen(
             [sys.executable, "-c", _SERVER, self._socket],
             env=dict(env),
@@ -127,7 +162,7 @@ class Zygote:
         )
         assert self._process.stdout is not None
         if self._process.stdout.readline().strip() != "ready":
-            raise RuntimeError("the test zygote did not start")
+            raise RuntimeError("the test zygote did not start (its error is above)")
         atexit.register(self.stop)
 
     def stop(self) -> None:
@@ -135,67 +170,172 @@ class Zygote:
             self._process.kill()
             self._process.wait()
         if self._socket:
-            Path(self._socket).unlink(missing_ok=True)
-            os.rmdir(os.path.dirname(self._socket))
+            shutil.rmtree(os.path.dirname(self._socket), ignore_errors=True)
             self._socket = ""
 
-    def run(
+    def popen(
         self,
         args: Sequence[str],
         *,
         cwd: Path,
         env: Mapping[str, str],
-        timeout: float,
-    ) -> subprocess.CompletedProcess[str]:
-        """As `subprocess.run([python, -m, inflame, *args], capture_output=True, text=True)`."""
+        stdout: int | None = subprocess.PIPE,
+        stderr: int | None = subprocess.PIPE,
+        sigint_default: bool = False,
+    ) -> ZygoteProcess | subprocess.Popen[str]:
+        """As `subprocess.Popen([python, -m, inflame, *args], text=True, ...)` with stdout
+        and stderr each PIPE, DEVNULL or None (inherited). `sigint_default`: Ctrl-C's
+        default action even where the tests run with SIGINT ignored (in the background)."""
+        command = [sys.executable, "-m", "inflame", *args]
         if self._process is None or self._process.poll() is not None:
             self._start(env)
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
-        stdin = os.open(os.devnull, os.O_RDONLY)
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            connection.connect(self._socket)
-            request = {"args": list(args), "cwd": str(cwd), "env": dict(env)}
-            socket.send_fds(
-                connection, [json.dumps(request).encode()], [stdin, out_write, err_write]
+        elif _fixed(env) != self._fixed:  # a child could not apply them: a real start
+            return subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=dict(env),
+                stdout=stdout,
+                stderr=stderr,
+                text=True,
+                preexec_fn=_default_sigint if sigint_default else None,
             )
+        return ZygoteProcess(self._socket, command, cwd, env, stdout, stderr, sigint_default)
+
+    def run(
+        self, args: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """As `subprocess.run([python, -m, inflame, *args], capture_output=True, text=True,
+        timeout=timeout)`."""
+        process = self.popen(args, cwd=cwd, env=env)
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        assert process.returncode is not None
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class ZygoteProcess:
+    """A forked `python -m inflame`, with the part of `subprocess.Popen`'s interface the
+    tests use."""
+
+    def __init__(
+        self,
+        server: str,
+        command: list[str],
+        cwd: Path,
+        env: Mapping[str, str],
+        stdout: int | None,
+        stderr: int | None,
+        sigint_default: bool,
+    ):
+        self.args = command
+        self.returncode: int | None = None
+        self._pipes: dict[int, list[bytes]] = {}  # read end -> what came so far
+        self._open: set[int] = set()  # read ends not at their end yet
+        self._order: list[int | None] = []  # stdout's and stderr's read end, or None
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        given, ours = [stdin], [stdin]  # the child's 0, 1, 2; what we close once sent
+        for choice, inherited in ((stdout, 1), (stderr, 2)):
+            if choice == subprocess.PIPE:
+                read, write = os.pipe()
+                self._pipes[read] = []
+                self._open.add(read)
+                self._order.append(read)
+                given.append(write)
+                ours.append(write)
+            else:
+                fd = os.open(os.devnull, os.O_WRONLY) if choice == subprocess.DEVNULL else inherited
+                given.append(fd)
+                if fd != inherited:
+                    ours.append(fd)
+                self._order.append(None)
+        self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._connection.settimeout(60)
+        try:
+            self._connection.connect(server)
+            request = {
+                "args": command[3:],
+                "cwd": str(cwd),
+                "env": dict(env),
+                "sigint_default": sigint_default,
+            }
+            socket.send_fds(self._connection, [json.dumps(request).encode()], given)
         finally:
-            for fd in (stdin, out_write, err_write):
+            for fd in ours:
                 os.close(fd)
-        reader = connection.makefile("r")
-        pid = int(reader.readline())
-        chunks: dict[int, list[bytes]] = {out_read: [], err_read: []}
-        selector = selectors.DefaultSelector()
-        for fd in chunks:
-            selector.register(fd, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        open_fds = set(chunks)
-        while open_fds:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.kill(pid, 9)
-                for fd in chunks:
-                    os.close(fd)
-                raise subprocess.TimeoutExpired(["inflame", *args], timeout)
-            for key, _ in selector.select(timeout=min(left, 1.0)):
-                data = os.read(key.fd, 65536)
-                if data:
-                    chunks[key.fd].append(data)
-                else:
-                    selector.unregister(key.fd)
-                    open_fds.discard(key.fd)
-        selector.close()
-        for fd in chunks:
-            os.close(fd)
-        returncode = int(reader.readline())
-        connection.close()
-        return subprocess.CompletedProcess(
-            [sys.executable, "-m", "inflame", *args],
-            returncode,
-            b"".join(chunks[out_read]).decode(errors="replace"),
-            b"".join(chunks[err_read]).decode(errors="replace"),
-        )
+        self._reader = self._connection.makefile("r")
+        self.pid = int(self._reader.readline() or "0")
+        if not self.pid:
+            raise RuntimeError("the test zygote gave no process (did it die?)")
+        self._connection.settimeout(None)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            ready, _, _ = select.select([self._connection], [], [], 0)
+            if ready:
+                self._read_status()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            ready, _, _ = select.select([self._connection], [], [], timeout)
+            if not ready:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self._read_status()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _read_status(self) -> None:
+        line = self._reader.readline()
+        if not line:
+            raise RuntimeError("the test zygote gave no exit status (did it die?)")
+        self.returncode = int(line)
+        self._reader.close()
+        self._connection.close()
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:  # not reaped yet: the pid is still this process's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str | None, str | None]:
+        """Read the pipes to their end, then wait; a timeout leaves the process running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            for fd in self._open:
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired(self.args, timeout or 0)
+                for key, _ in selector.select(timeout=left):
+                    data = os.read(key.fd, 65536)
+                    if data:
+                        self._pipes[key.fd].append(data)
+                    else:
+                        selector.unregister(key.fd)
+                        self._open.discard(key.fd)
+                        os.close(key.fd)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0)
+        self.wait(left)
+        texts = [
+            None if fd is None else b"".join(self._pipes[fd]).decode(errors="replace")
+            for fd in self._order
+        ]
+        return texts[0], texts[1]
 
 
 ZYGOTE = Zygote()

@@ -26,7 +26,7 @@ from typing import IO, Any
 from inflame.errors import RunError
 from inflame.runlock import LOCK_FILE, RunLock
 from inflame.runs import read_manifest, read_metrics
-from inflame.stopping import STOP_FILE_ENV
+from inflame.stopping import STOP_FILE_ENV, write_stop_file
 from inflame.sweep.trials import (
     LOGS_DIR,
     MetricMissing,
@@ -168,7 +168,7 @@ class LocalTrials:
     def prune(self, number: int) -> None:
         trial = self.running[number]
         trial.pruned = True
-        trial.stop_file.write_text(PRUNED, encoding="utf-8")
+        write_stop_file(trial.stop_file, PRUNED)
 
     def finished(self) -> list[Outcome]:
         """The trials whose process has ended since the last call, with how they ended."""
@@ -218,7 +218,7 @@ class LocalTrials:
         to `grace_s`, kill what is left; return how they ended."""
         for trial in self.running.values():
             with contextlib.suppress(OSError):
-                trial.stop_file.write_text(why, encoding="utf-8")
+                write_stop_file(trial.stop_file, why)
         deadline = time.monotonic() + grace_s
         while self.running and time.monotonic() < deadline:
             if all(t.process.poll() is not None for t in self.running.values()):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 import warnings
@@ -68,28 +70,42 @@ class TensorBoardLog:
         self._step = step
 
     def preview(self, model: Any, inputs: Any) -> None:
-        """At a run's start (step 0): `inputs` as images when they are images (each one
-        stretched to the full range: they arrive normalised), and the model's graph, traced
-        on one input in eval mode. A model that cannot be traced is a warning; an event
-        folder that cannot be written raises (the caller drops this sink)."""
+        """At a run's start (step 0), once: `inputs` as images when they are images (each
+        one stretched to the full range: they arrive normalised), and the model's graph,
+        traced on one input in eval mode. What cannot be drawn is a warning and is named in
+        `describe()`; an event folder that cannot be written raises (the sink is dropped)."""
         import torch
 
+        if self.drawn or self.not_drawn:
+            return
         writer = self._open(0)
-        if inputs.ndim == 4 and inputs.shape[1] in (1, 3) and inputs.is_floating_point():
+        missing: list[str] = []
+        if inputs is None:
+            missing.append("images and graph: the samples are not (tensor, target) pairs")
+        elif inputs.ndim == 4 and inputs.shape[1] in (1, 3) and inputs.is_floating_point():
             writer.add_images("samples/train", _stretch(inputs.detach().float().cpu()), 0)
             self.drawn.append("images")
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tracing's deprecation and tracer warnings
-                writer.add_graph(model, inputs[:1])  # eval mode while traced, then restored
-            self.drawn.append("graph")
-        except Exception as exc:  # e.g. a forward that returns a dict, or data-dependent
-            self.not_drawn = f"graph: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            print(
-                f"warning: TensorBoard shows no model graph: it could not be traced "
-                f"({self.not_drawn}); metrics and images are still logged.",
-                file=sys.stderr,
-            )
+        else:
+            missing.append(f"images: the inputs have shape {tuple(inputs.shape[1:])}")
+        if inputs is not None:
+            try:
+                with (
+                    torch.no_grad(),
+                    warnings.catch_warnings(),
+                    contextlib.redirect_stdout(io.StringIO()),  # add_graph prints its errors
+                ):
+                    warnings.simplefilter("ignore")  # tracing's deprecation and tracer warnings
+                    writer.add_graph(model, inputs[:1])  # eval mode while traced, then restored
+                self.drawn.append("graph")
+            except Exception as exc:  # e.g. a forward that returns a dict, or data-dependent
+                reason = (str(exc).strip().splitlines() or [""])[0]
+                missing.append(f"graph: {type(exc).__name__}: {reason}".rstrip(": "))
+                print(
+                    f"warning: TensorBoard shows no model graph: it could not be traced "
+                    f"({missing[-1]}); metrics are still logged.",
+                    file=sys.stderr,
+                )
+        self.not_drawn = "; ".join(missing) or None
         writer.flush()
 
     def describe(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from inflame import __version__
 from inflame.errors import RunError
 from inflame.tensorfile import load_tensors, read_metadata, save_tensors
 
@@ -86,6 +87,7 @@ def snapshot(state: TrainingState) -> tuple[dict[str, torch.Tensor], dict[str, A
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in state.model.items()}
     meta: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
+        "inflame_version": __version__,
         "epoch": state.epoch,
         "best_epoch": state.best_epoch,
         "best_score": state.best_score,
@@ -207,15 +209,23 @@ class DamagedCheckpoint(RunError):
 def load_checkpoint(path: Path) -> TrainingState:
     try:
         meta = json.loads(read_metadata(path)[_META_KEY])
-        tensors = load_tensors(path)  # checks the digest the file was written with
     except Exception as exc:  # a foreign or damaged file
         raise DamagedCheckpoint(path, exc) from None
-    if meta.get("format") != CHECKPOINT_FORMAT:  # intact, but not ours to read
+    written = meta.get("format") if isinstance(meta, dict) else None
+    if isinstance(written, int) and written > CHECKPOINT_FORMAT:  # checked before the layout
+        by = meta.get("inflame_version")
         raise RunError(
-            f"Checkpoint {path} is in format {meta.get('format')}, written by a newer "
-            f"inflame (this one reads format {CHECKPOINT_FORMAT}). Resume it with that "
-            "version (`pip install -U inflame`), or train from the start in a new folder."
+            f"Checkpoint {path} is in format {written}, written by a newer inflame"
+            f"{f' ({by})' if by else ''}; this one ({__version__}) reads format "
+            f"{CHECKPOINT_FORMAT}. Resume it with {f'inflame {by}' if by else 'that version'} "
+            "(`pip install -U inflame`), or train from the start in a new folder."
         )
+    try:
+        if written != CHECKPOINT_FORMAT:
+            raise ValueError(f"unknown checkpoint format {written!r}")
+        tensors = load_tensors(path)  # checks the digest the file was written with
+    except Exception as exc:
+        raise DamagedCheckpoint(path, exc) from None
 
     def group(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -36,6 +36,4 @@ def preview(ctx: Context, model: nn.Module, data: Dataset, device: torch.device)
     if not (ctx.is_main and ctx.metrics.draws_previews()):
         return
     inputs = sample_inputs(data, ctx.seed)
-    if inputs is None:
-        return
-    ctx.metrics.preview(model, inputs.to(device))
+    ctx.metrics.preview(model, None if inputs is None else inputs.to(device))

@@ -280,6 +280,7 @@ class FakeAzureML:
             transport=RedirectTransport(self.port),
             enable_telemetry=False,
             show_progress=False,
+            retry_backoff_factor=0.01,  # azure-core's own retries of a 503, without the wait
         )
 
     def credential(self) -> FakeCredential:

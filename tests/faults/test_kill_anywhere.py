@@ -9,23 +9,17 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 from inflame.ledger import Ledger
 from tests.conftest import guarded_env
+from tests.helpers import inflame_popen
 
 
 def _start(tmp_path: Path, *args: str | Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "inflame", "train", "--local", *map(str, args)],
-        env=guarded_env(INFLAME_RUNS_DIR=str(tmp_path / "runs"), INFLAME_HOME=str(tmp_path / "h")),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = guarded_env(INFLAME_RUNS_DIR=str(tmp_path / "runs"), INFLAME_HOME=str(tmp_path / "h"))
+    return inflame_popen(["train", "--local", *args], cwd=tmp_path, env=env)
 
 
 def test_killed_anywhere_any_number_of_times_the_run_ends_the_same(cli, write_spec, tmp_path):

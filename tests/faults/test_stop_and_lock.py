@@ -16,7 +16,7 @@ import pytest
 from inflame.errors import RunError
 from inflame.runlock import LOCK_FILE, RunLock
 from tests.conftest import guarded_env
-from tests.helpers import assert_clean_error
+from tests.helpers import assert_clean_error, inflame_popen
 
 
 def manifest_of(run_dir: Path) -> dict:
@@ -31,15 +31,7 @@ def _sigint_as_in_a_terminal() -> None:
 
 def start_training(tmp_path: Path, *args: str | Path) -> subprocess.Popen[str]:
     env = guarded_env(INFLAME_RUNS_DIR=str(tmp_path / "runs"), INFLAME_HOME=str(tmp_path / "h"))
-    return subprocess.Popen(
-        [sys.executable, "-m", "inflame", "train", "--local", *map(str, args)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_sigint_as_in_a_terminal,
-    )
+    return inflame_popen(["train", "--local", *args], cwd=tmp_path, env=env, sigint_default=True)
 
 
 def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 180) -> None:
