@@ -305,7 +305,9 @@ def test_opening_a_sqlite_study_waits_for_another_process_opening_it(tmp_path: P
     import threading
 
     from inflame.runlock import locked
-    from inflame.sweep.study import default_storage, open_study
+    from inflame.sweep.study import default_storage, import_optuna, open_study
+
+    import_optuna()  # imported before the wait below, so the wait measures the lock only
 
     space = {"learning_rate": {"log_uniform": [0.05, 0.5]}}
     sweep = load_spec(blobs_spec(tmp_path / "job.toml", {"hyperparameters": space})).sweep
@@ -317,7 +319,8 @@ def test_opening_a_sqlite_study_waits_for_another_process_opening_it(tmp_path: P
     with locked(tmp_path / "study.db.lock"):
         opener.start()
         opener.join(timeout=3)
-        assert opened == [] and not (tmp_path / "study.db").exists()  # waits for the holder
+        assert opener.is_alive() and opened == []  # waits for the holder
+        assert not (tmp_path / "study.db").exists()
     opener.join(timeout=60)
     assert len(opened) == 1 and (tmp_path / "study.db").is_file()
 
