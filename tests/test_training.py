@@ -201,3 +201,13 @@ def test_a_checkpoint_from_a_newer_format_is_refused_not_misread(tmp_path: Path)
     write_snapshot(tmp_path, 2, tensors, {**meta, "format": "one"}, keep=2)  # nonsense: damaged
     with pytest.raises(DamagedCheckpoint, match="unknown checkpoint format 'one'"):
         load_checkpoint(tmp_path / "epoch-0002.safetensors")
+
+
+def test_keep_prunes_to_the_newest_checkpoints_and_zero_keeps_all(tmp_path: Path):
+    for keep, expected in ((1, [3]), (2, [2, 3]), (0, [1, 2, 3])):
+        folder = tmp_path / f"keep{keep}"
+        for epoch in (1, 2, 3):
+            save_checkpoint(
+                folder, TrainingState(epoch=epoch, model={"w": torch.ones(1)}), keep=keep
+            )
+        assert [epoch for epoch, _ in list_checkpoints(folder)] == expected, keep
