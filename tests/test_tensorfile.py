@@ -41,6 +41,14 @@ def test_round_trip_and_metadata(tmp_path: Path):
     assert read_metadata(path) == {"inflame": '{"epoch": 3}'}
 
 
+def test_a_header_one_byte_longer_than_the_file_is_refused(tmp_path: Path):
+    """A file cut short by one byte: its header must not read as the shorter JSON."""
+    path = tmp_path / "short.safetensors"
+    path.write_bytes(struct.pack("<Q", 3) + b"{}")  # claims 3 bytes, holds 2
+    with pytest.raises(TensorFileError, match="claims 3 bytes, more than the file holds"):
+        load_tensors(path)
+
+
 def test_a_file_of_metadata_only_is_read(tmp_path: Path):
     """No tensors: the header runs exactly to the end of the file, which is valid."""
     path = tmp_path / "meta.safetensors"

@@ -152,11 +152,10 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("predict", "for v, i in zip(values, indices, strict=True)", "(False)"): (
         "torch.topk returns values and indices of the same length: strict never fires"
     ),
-    (
-        "checkpoint",
-        "def save_checkpoint(folder: Path, state: TrainingState, keep: int = 2) -> Path:",
-        "(3)",
-    ): "every caller passes `keep`; the default is never used",
+    ("predict", "batch_size: int = 32,", "(33)"): (
+        "how many images go through the model at once changes no answer: in eval mode each "
+        "image's output depends on that image only"
+    ),
     ("spec", "@dataclass(frozen=True)", "(False)"): (
         "the spec's dataclasses are never assigned to nor hashed; frozen only guards "
         "against a future mistake"

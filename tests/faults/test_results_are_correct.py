@@ -11,6 +11,7 @@ import torch
 
 from inflame.data.decoded import decode_image
 from inflame.data.split import allocate
+from inflame.errors import InflameError
 
 
 @pytest.mark.parametrize(
@@ -51,3 +52,7 @@ def test_predict_answers_the_models_own_probabilities_most_likely_first(
         assert answer["top_k"][0]["label"] == answer["label"]
         assert sum(ranked) == pytest.approx(1.0, abs=1e-3)  # every class, once
         assert sorted(e["label"] for e in answer["top_k"]) == sorted(predictor.classes)
+    with pytest.raises(InflameError, match="--top-k must be at least 1, got 0"):
+        list(predictor.predict(images, top_k=0))
+    [only] = predictor.predict(images[:1], top_k=1)
+    assert [e["label"] for e in only["top_k"]] == [answers[0]["label"]]
