@@ -86,3 +86,19 @@ def test_the_bundle_size_warning_counts_what_a_job_unpacks(tmp_path):
         more.write(bytes(1024))
     bundle = packaging.build_bundle(app, "")
     assert any("holds 100 MiB of files" in w for w in bundle.warnings), bundle.warnings
+
+
+def test_the_64_gib_cap_counts_what_the_headers_declare(tmp_path):
+    """A member declaring 64 GiB + 1 byte in an archive large enough that the expansion
+    ratio allows it: the cap alone refuses it, from the header, before a byte is written."""
+    path = tmp_path / "huge.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("huge.bin")
+        info.size = 64 * 2**30 + 1
+        tar.addfile(info)  # the header only: the data never existed
+    with open(path, "r+b") as handle:
+        handle.truncate(400 * 2**20)  # sparse; 200 x 400 MiB is above 64 GiB
+    assert packaging.MAX_EXPANSION * path.stat().st_size > 64 * 2**30
+    with pytest.raises(InflameError, match=r"more than 64\.0 GiB from a 400\.0 MiB archive"):
+        safe_extract(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
