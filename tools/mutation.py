@@ -156,9 +156,16 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "how many images go through the model at once changes no answer: in eval mode each "
         "image's output depends on that image only"
     ),
+    ("spec", "spot: bool = False", "(True)"): (
+        "ComputeSection is built in one place, with every field given: the defaults are "
+        "never used"
+    ),
     ("spec", "@dataclass(frozen=True)", "(False)"): (
         "the spec's dataclasses are never assigned to nor hashed; frozen only guards "
         "against a future mistake"
+    ),
+    ("submit", "shutil.rmtree(staging, ignore_errors=True)", "(False)"): (
+        "as in split: removing the staging folder this process just made does not fail"
     ),
     ("split", "shutil.rmtree(staging, ignore_errors=True)", "(False)"): (
         "removing the staging folder this process just made does not fail; ignore_errors "

@@ -98,3 +98,12 @@ def test_split_refuses_a_destination_inside_its_source(demo_set, tmp_path):
         with pytest.raises(DataError, match="inside the source"):
             split_dataset(source, destination, (0.5, 0.5))
     assert sorted(p.name for p in source.iterdir()) == before  # nothing was written
+
+
+def test_integers_are_usable_up_to_two_to_the_53():
+    """2**53 is the largest integer that JSON readers and floats hold exactly."""
+    from inflame.hparams import unusable_number
+
+    assert unusable_number(2**53) is None and unusable_number(-(2**53)) is None
+    assert "beyond what any run can use (at most 9007199254740992)" in unusable_number(2**53 + 1)
+    assert unusable_number(-(2**53) - 1) is not None
