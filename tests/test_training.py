@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,42 @@ def test_keep_prunes_to_the_newest_checkpoints_and_zero_keeps_all(tmp_path: Path
                 folder, TrainingState(epoch=epoch, model={"w": torch.ones(1)}), keep=keep
             )
         assert [epoch for epoch, _ in list_checkpoints(folder)] == expected, keep
+
+
+def test_a_resume_without_the_metrics_file_writes_every_epoch_back(tmp_path: Path):
+    """A restarted cloud job finds its checkpoints but no metrics.jsonl: the checkpoint's
+    history refills it, so the run's record holds every epoch once."""
+    run_fit(tmp_path, epochs=2)
+    before = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").unlink()
+    run_fit(tmp_path, epochs=3)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [json.dumps(r) for r in records[:2]] == [json.dumps(json.loads(x)) for x in before]
+
+
+def test_the_progress_total_counts_the_batches_that_run(tmp_path: Path):
+    """9 samples in batches of 8 leave a batch of one, which BatchNorm cannot train on: it
+    is dropped, and the progress bar's total says 1 batch, not 2."""
+    from inflame.training.progress import SilentReporter
+
+    totals: list[tuple[str, int]] = []
+
+    class Counting(SilentReporter):
+        def phase(self, name: str, batches: int) -> None:
+            totals.append((name, batches))
+
+    reporter = Counting()
+    model = make_model()
+    fit(
+        make_ctx(tmp_path),
+        model,
+        make_data(9),
+        None,
+        epochs=1,
+        batch_size=8,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        num_workers=0,
+        reporter=reporter,
+    )
+    assert totals == [("train", 1)]
