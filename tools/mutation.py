@@ -49,6 +49,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
             "tests/faults/test_results_are_correct.py",
             "tests/test_checkpoint_writer.py",
             "tests/faults/test_reported_is_saved.py",
+            "tests/test_tracking.py",  # what fit gives the trackers (previews at a fresh start)
             _STOP,
         ],
     ),
