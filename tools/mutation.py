@@ -158,8 +158,7 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "image's output depends on that image only"
     ),
     ("spec", "spot: bool = False", "(True)"): (
-        "ComputeSection is built in one place, with every field given: the defaults are "
-        "never used"
+        "ComputeSection is built in one place, with every field given: the defaults are never used"
     ),
     ("spec", "@dataclass(frozen=True)", "(False)"): (
         "the spec's dataclasses are never assigned to nor hashed; frozen only guards "
