@@ -57,22 +57,16 @@ def run_inflame(*args: str | Path, cwd: Path, **env: str) -> subprocess.Complete
 def inflame_process(
     args: Sequence[str | Path], *, cwd: Path, env: dict[str, str], timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m inflame ARGS` as a process of its own, forked from a server that has
-    torch imported already (tests/zygote.py); INFLAME_TEST_ZYGOTE=0 starts a plain
-    interpreter instead."""
-    argv = [str(arg) for arg in args]
-    if os.environ.get("INFLAME_TEST_ZYGOTE", "1") == "0":
-        return subprocess.run(
-            [sys.executable, "-m", "inflame", *argv],
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            env=env,
-            timeout=timeout,
-        )
-    from tests.zygote import ZYGOTE
-
-    return ZYGOTE.run(argv, cwd=cwd, env=env, timeout=timeout)
+    """As `subprocess.run([python, -m, inflame, *args], capture_output=True, text=True,
+    timeout=timeout)`, through `inflame_popen`."""
+    process = inflame_popen(args, cwd=cwd, env=env)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def inflame_popen(
@@ -84,9 +78,11 @@ def inflame_popen(
     stderr: int | None = subprocess.PIPE,
     sigint_default: bool = False,
 ) -> Any:
-    """`subprocess.Popen([python, -m, inflame, *args], text=True, ...)`, forked from the
-    same server as `inflame_process`. `sigint_default`: Ctrl-C acts as in a terminal even
-    when the tests run in the background (where SIGINT is inherited ignored)."""
+    """`subprocess.Popen([python, -m, inflame, *args], text=True, ...)`, as a process
+    forked from a server that has torch imported already (tests/zygote.py);
+    INFLAME_TEST_ZYGOTE=0 starts a plain interpreter instead. `sigint_default`: Ctrl-C
+    acts as in a terminal even when the tests run in the background (where SIGINT is
+    inherited ignored)."""
     argv = [str(arg) for arg in args]
     if os.environ.get("INFLAME_TEST_ZYGOTE", "1") == "0":
         from tests.zygote import _default_sigint

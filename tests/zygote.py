@@ -201,21 +201,6 @@ class Zygote:
             )
         return ZygoteProcess(self._socket, command, cwd, env, stdout, stderr, sigint_default)
 
-    def run(
-        self, args: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float
-    ) -> subprocess.CompletedProcess[str]:
-        """As `subprocess.run([python, -m, inflame, *args], capture_output=True, text=True,
-        timeout=timeout)`."""
-        process = self.popen(args, cwd=cwd, env=env)
-        try:
-            out, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-        assert process.returncode is not None
-        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
-
 
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
