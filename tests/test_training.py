@@ -251,3 +251,54 @@ def test_the_progress_total_counts_the_batches_that_run(tmp_path: Path):
         reporter=reporter,
     )
     assert totals == [("train", 1)]
+
+
+def test_a_diverging_loss_names_the_phase_epoch_and_batch(tmp_path: Path):
+    """The loss turns infinite at the 3rd training batch of epoch 2: the error says exactly
+    that, so the user can find the batch."""
+    from inflame.training.progress import SilentReporter
+
+    where = {"epoch": 0, "phase": "", "batch": 0}
+
+    class Tracking(SilentReporter):
+        def phase(self, name: str, batches: int) -> None:
+            where["phase"], where["batch"] = name, 0
+
+        def epoch_end(self, epoch: int, metrics: dict) -> None:
+            where["epoch"] += 1
+
+    def poisoned(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        where["batch"] += 1
+        loss = nn.functional.cross_entropy(outputs, targets)
+        hit = (where["epoch"], where["phase"], where["batch"]) == (1, "train", 3)
+        return loss * float("inf") if hit else loss
+
+    with pytest.raises(InflameError) as caught:
+        run_fit(tmp_path, epochs=3, loss_fn=poisoned, reporter=Tracking(), num_workers=0)
+    assert str(caught.value).startswith("The train loss became inf at epoch 2, batch 3. Lower")
+
+
+def test_progress_shows_each_phase_running_loss_and_accuracy(tmp_path: Path):
+    """What the progress bar shows after a phase's last batch is that epoch's metric, and
+    every image is counted once."""
+    from inflame.training.progress import SilentReporter
+
+    shown: list[tuple[str, int, float, float]] = []
+
+    class Recording(SilentReporter):
+        def phase(self, name: str, batches: int) -> None:
+            self.name = name
+
+        def batch(self, images: int, loss: float, accuracy: float) -> None:
+            shown.append((self.name, images, loss, accuracy))
+
+    result = run_fit(tmp_path, epochs=2, reporter=Recording(), num_workers=0)
+    for epoch, metrics in enumerate(result.history):
+        per_epoch = len(shown) // 2
+        rows = shown[epoch * per_epoch : (epoch + 1) * per_epoch]
+        for phase, size in (("train", 48), ("val", 24)):
+            mine = [r for r in rows if r[0] == phase]
+            assert sum(r[1] for r in mine) == size
+            assert mine[-1][2] == pytest.approx(metrics[f"{phase}_loss"], rel=1e-6)
+            assert mine[-1][3] == pytest.approx(metrics[f"{phase}_accuracy"])
+            assert mine[0][2] != mine[-1][2]  # a running average, not the final value
