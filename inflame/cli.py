@@ -277,6 +277,47 @@ def evaluate(
 
 
 @app.command()
+def serve(
+    run: Annotated[
+        str, typer.Argument(help="Run directory, run name, or `latest`.", show_default=False)
+    ] = "latest",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; anything but loopback needs a token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one).")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes, each with the model.")] = 1,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the API token (else $INFLAME_API_TOKEN)."),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body.")] = 20.0,
+    max_files: Annotated[int, typer.Option(help="Most images in one request.")] = 16,
+    max_batch: Annotated[int, typer.Option(help="Most images in one forward pass.")] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="How long a batch waits for more images.")
+    ] = 5.0,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Serve a trained run over HTTP: POST /predict, /healthz, /readyz, /metadata, /metrics."""
+    from inflame.runs import resolve_run
+    from inflame.serving.server import serve as run_service
+    from inflame.serving.settings import ServeSettings
+
+    settings = ServeSettings(
+        run_dir=str(resolve_run(run, runs_dir).resolve()),
+        host=host,
+        port=port,
+        workers=workers,
+        token_file=str(token_file) if token_file else None,
+        max_upload_mb=max_upload_mb,
+        max_files=max_files,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+    )
+    run_service(settings)
+
+
+@app.command()
 def sweep(
     args: Annotated[
         list[str],

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from inflame.data.images import MAX_PIXELS, UnreadableImage, is_image_file
 from inflame.errors import InflameError, RunError
 
@@ -99,47 +101,58 @@ class Predictor:
     def _predict_batch(
         self, items: Sequence[ImageInput], top_k: int | None, max_pixels: int
     ) -> Iterator[dict[str, Any]]:
-        import torch
-
-        from inflame.data.decoded import decode_image
-
-        tensors: list[Any] = []
+        decoded: list[np.ndarray] = []
         results: list[dict[str, Any]] = []
         for item in items:
             if item.error:
                 results.append({"image": str(item.path), "error": item.error})
                 continue
             try:
-                pixels = decode_image(item.path, self.side, max_pixels)
-                tensors.append(self.transform(torch.from_numpy(pixels)))
+                decoded.append(self.decode(item.path, max_pixels=max_pixels))
                 results.append({"image": str(item.path)})
             except UnreadableImage as exc:
                 results.append({"image": str(item.path), "error": str(exc)})
-        if tensors:
-            with torch.inference_mode():
-                logits = self.model(torch.stack(tensors).to(self.device))
-                probabilities = torch.softmax(logits.float(), dim=1).cpu()
-            k = min(top_k or 1, len(self.classes))
-            ranked = probabilities.topk(k, dim=1)
-            rows = iter(zip(ranked.values.tolist(), ranked.indices.tolist(), strict=True))
-            finite = torch.isfinite(probabilities).all(dim=1).tolist()
-            position = 0
-            for result in results:
-                if "error" in result:
-                    continue
-                values, indices = next(rows)
-                position += 1
-                if not finite[position - 1]:
-                    result["error"] = (
-                        f"{result['image']}: the model's output is not a number (NaN or "
-                        "infinity); its weights are damaged or training diverged"
-                    )
-                    continue
-                result["label"] = self.classes[indices[0]]
-                result["probability"] = round(values[0], 4)
-                if top_k is not None:
-                    result["top_k"] = [
-                        {"label": self.classes[i], "probability": round(v, 4)}
-                        for v, i in zip(values, indices, strict=True)
-                    ]
-        yield from results
+        rows = iter(self.probabilities(decoded) if decoded else ())
+        for result in results:
+            yield result if "error" in result else self.answer(result["image"], next(rows), top_k)
+
+    def decode(
+        self, name: str | Path, data: bytes | None = None, *, max_pixels: int = MAX_PIXELS
+    ) -> np.ndarray:
+        """The image file `name` (or the bytes `data`, named `name`) as the model's uint8
+        input before the crop; raises UnreadableImage."""
+        from inflame.data.decoded import decode_image
+
+        return decode_image(Path(name), self.side, max_pixels, data)
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities (N, classes) of decoded images, in one forward pass."""
+        import torch
+
+        batch = torch.stack([self.transform(torch.from_numpy(image)) for image in images])
+        with torch.inference_mode():
+            logits = self.model(batch.to(self.device))
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def answer(self, name: str, probabilities: np.ndarray, top_k: int | None) -> dict[str, Any]:
+        """{"image", "label", "probability"[, "top_k"]} for one image's probabilities, or
+        {"image", "error"} when they are not numbers."""
+        if not np.isfinite(probabilities).all():
+            return {
+                "image": name,
+                "error": f"{name}: the model's output is not a number (NaN or infinity); "
+                "its weights are damaged or training diverged",
+            }
+        k = min(top_k or 1, len(self.classes))
+        ranked = [int(i) for i in np.argsort(-probabilities, kind="stable")[:k]]
+        result: dict[str, Any] = {
+            "image": name,
+            "label": self.classes[ranked[0]],
+            "probability": round(float(probabilities[ranked[0]]), 4),
+        }
+        if top_k is not None:
+            result["top_k"] = [
+                {"label": self.classes[i], "probability": round(float(probabilities[i]), 4)}
+                for i in ranked
+            ]
+        return result

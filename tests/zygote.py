@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 _SERVER = r"""
 import json, os, runpy, selectors, signal, socket, sys, traceback
@@ -225,6 +226,7 @@ class ZygoteProcess:
         self._pipes: dict[int, list[bytes]] = {}  # read end -> what came so far
         self._open: set[int] = set()  # read ends not at their end yet
         self._order: list[int | None] = []  # stdout's and stderr's read end, or None
+        self._files: dict[int, IO[str]] = {}  # read ends handed out as files
         stdin = os.open(os.devnull, os.O_RDONLY)
         given, ours = [stdin], [stdin]  # the child's 0, 1, 2; what we close once sent
         for choice, inherited in ((stdout, 1), (stderr, 2)):
@@ -260,6 +262,24 @@ class ZygoteProcess:
         if not self.pid:
             raise RuntimeError("the test zygote gave no process (did it die?)")
         self._connection.settimeout(None)
+
+    @property
+    def stdout(self) -> IO[str] | None:
+        """stdout's pipe as a text file, to read as it comes (then not `communicate`)."""
+        return self._text(self._order[0])
+
+    @property
+    def stderr(self) -> IO[str] | None:
+        """stderr's pipe as a text file, to read as it comes (then not `communicate`)."""
+        return self._text(self._order[1])
+
+    def _text(self, fd: int | None) -> IO[str] | None:
+        if fd is None:
+            return None
+        if fd not in self._files:
+            self._files[fd] = os.fdopen(fd, "r", errors="replace")
+            self._open.discard(fd)  # now the file's to read and close
+        return self._files[fd]
 
     def poll(self) -> int | None:
         if self.returncode is None:

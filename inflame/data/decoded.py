@@ -39,10 +39,10 @@ IN_USE_S = 3600  # entries used this recently are never evicted (a run may be re
 STALE_TMP_S = 86400  # a temporary file this old belongs to a builder that was killed
 
 
-def decode_image(path: Path, side: int, max_pixels: int) -> np.ndarray:
-    """Open an image, resize its shorter side to `side` (PIL, antialiased bilinear) and
-    crop the centre square: uint8, shape (3, side, side)."""
-    return decode_pil(open_image(path, max_pixels), side)
+def decode_image(path: Path, side: int, max_pixels: int, data: bytes | None = None) -> np.ndarray:
+    """Open an image (the file, or `data` named `path`), resize its shorter side to `side`
+    (PIL, antialiased bilinear) and crop the centre square: uint8, shape (3, side, side)."""
+    return decode_pil(open_image(path, max_pixels, data), side)
 
 
 def decode_pil(image: Any, side: int) -> np.ndarray:

@@ -5,6 +5,7 @@ No torch here, so the CLI's data commands stay fast.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -46,13 +47,17 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open and fully decode an image as RGB; raise UnreadableImage saying why not."""
+def open_image(
+    path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | None = None
+) -> Image.Image:
+    """Open and fully decode an image as RGB; raise UnreadableImage saying why not. With
+    `data`, the image is those bytes (an upload), and `path` only names it in messages."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path, formats=IMAGE_FORMATS)
+            source = path if data is None else io.BytesIO(data)
+            image = Image.open(source, formats=IMAGE_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise UnreadableImage(

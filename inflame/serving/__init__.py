@@ -1,0 +1,1 @@
+"""`inflame serve`: a trained run behind a REST API (FastAPI on uvicorn)."""
