@@ -210,13 +210,17 @@ def predict(
         int | None, typer.Option("--top-k", "-k", help="Also list the K most likely labels.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    backend: Annotated[
+        str,
+        typer.Option(help="`torch`, or `onnx`: the run's ONNX export on onnxruntime, no torch."),
+    ] = "torch",
     runs_dir: RunsDir = None,
 ) -> None:
     """Label images with a trained run: one JSON object per image per line."""
-    from inflame.predict import Predictor
+    from inflame.predict import load_predictor
     from inflame.runs import resolve_run
 
-    predictor = Predictor.from_run(resolve_run(run, runs_dir))
+    predictor = load_predictor(resolve_run(run, runs_dir), backend)
     failed = total = 0
     for result in predictor.predict(images, top_k=top_k, batch_size=batch_size):
         total += 1
@@ -296,6 +300,9 @@ def serve(
     max_wait_ms: Annotated[
         float, typer.Option(help="How long a batch waits for more images.")
     ] = 5.0,
+    backend: Annotated[
+        str, typer.Option(help="`torch`, or `onnx` (the run's ONNX export, no torch).")
+    ] = "torch",
     runs_dir: RunsDir = None,
 ) -> None:
     """Serve a trained run over HTTP: POST /predict, /healthz, /readyz, /metadata, /metrics."""
@@ -313,8 +320,34 @@ def serve(
         max_files=max_files,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
+        backend=backend,
     )
     run_service(settings)
+
+
+@app.command()
+def export(
+    run: Annotated[
+        str, typer.Argument(help="Run directory, run name, or `latest`.", show_default=False)
+    ] = "latest",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="`onnx` or `torchscript`.")] = "onnx",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="File to write (default: RUN/export/...).")
+    ] = None,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Export a run's model (ONNX or TorchScript), checked against PyTorch on sample images."""
+    from inflame.exporting import export_run
+    from inflame.runs import resolve_run
+
+    result = export_run(resolve_run(run, runs_dir), fmt, out)
+    parity = result.record["parity"]
+    _stderr().print(
+        f"{fmt} export: {result.path} (sha256 {result.record['sha256'][:12]}…); largest "
+        f"probability difference from PyTorch {parity['max_abs_diff_probability']:.1e} on "
+        f"{parity['source']}"
+    )
+    print(result.path)
 
 
 @app.command()

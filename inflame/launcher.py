@@ -89,6 +89,7 @@ _OWNED_KEYS = frozenset(
         "error",
         "curves",
         "evaluations",
+        "exports",
         "tracking",
     }
 )

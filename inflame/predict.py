@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,27 +62,31 @@ def verify_model_files(run_dir: Path) -> None:
             )
 
 
-class Predictor:
-    """A trained image classifier, rebuilt from a run directory alone."""
+class BasePredictor:
+    """What every backend shares: the classes, the preprocessing, decoding, batching and the
+    JSON answers. A backend adds `probabilities`."""
 
-    def __init__(self, model_dir: Path, device: str | None = None):
-        import torch
-
-        from inflame.vision import eval_transform, load_classifier
-
-        self.model, self.meta = load_classifier(model_dir)
-        self.classes: list[str] = self.meta["classes"]
-        prep = self.meta["preprocessing"]
-        self.transform = eval_transform(prep["image_size"], prep["mean"], prep["std"])
+    def __init__(self, meta: dict[str, Any]):
+        self.meta = meta
+        self.classes: list[str] = meta["classes"]
+        prep = meta["preprocessing"]
+        self.image_size = int(prep["image_size"])
         self.side = int(prep["resize"])
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.to(self.device)
+        self.mean = np.asarray(prep["mean"], dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(prep["std"], dtype=np.float32).reshape(3, 1, 1)
 
-    @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
-        """The run's model, after checking its files against the sha256s the run recorded."""
-        verify_model_files(Path(run_dir))
-        return cls(Path(run_dir) / "model", device)
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities (N, classes) of decoded images, in one forward pass."""
+        raise NotImplementedError
+
+    def normalized(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The model's input (N, 3, S, S) float32 from decoded uint8 images: the centre crop,
+        scaled to [0, 1] and normalised, bit for bit as torchvision's eval transform."""
+        top = round((self.side - self.image_size) / 2.0)
+        crop = slice(top, top + self.image_size)
+        batch = np.stack([image[:, crop, crop] for image in images]).astype(np.float32)
+        batch *= np.float32(1 / 255)
+        return (batch - self.mean) / self.std
 
     def predict(
         self,
@@ -125,15 +130,6 @@ class Predictor:
 
         return decode_image(Path(name), self.side, max_pixels, data)
 
-    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Class probabilities (N, classes) of decoded images, in one forward pass."""
-        import torch
-
-        batch = torch.stack([self.transform(torch.from_numpy(image)) for image in images])
-        with torch.inference_mode():
-            logits = self.model(batch.to(self.device))
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
-
     def answer(self, name: str, probabilities: np.ndarray, top_k: int | None) -> dict[str, Any]:
         """{"image", "label", "probability"[, "top_k"]} for one image's probabilities, or
         {"image", "error"} when they are not numbers."""
@@ -156,3 +152,124 @@ class Predictor:
                 for i in ranked
             ]
         return result
+
+
+class Predictor(BasePredictor):
+    """A trained image classifier in PyTorch, rebuilt from a run directory alone."""
+
+    backend = "torch"
+
+    def __init__(self, model_dir: Path, device: str | None = None):
+        import torch
+
+        from inflame.vision import eval_transform, load_classifier
+
+        self.model, meta = load_classifier(model_dir)
+        super().__init__(meta)
+        prep = meta["preprocessing"]
+        self.transform = eval_transform(prep["image_size"], prep["mean"], prep["std"])
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
+        """The run's model, after checking its files against the sha256s the run recorded."""
+        verify_model_files(Path(run_dir))
+        return cls(Path(run_dir) / "model", device)
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities (N, classes) of decoded images, in one forward pass."""
+        import torch
+
+        batch = torch.stack([self.transform(torch.from_numpy(image)) for image in images])
+        with torch.inference_mode():
+            logits = self.model(batch.to(self.device))
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+ONNX_FILE = "export/model.onnx"  # where `inflame export RUN --format onnx` writes by default
+ONNX_METADATA_KEY = "inflame"  # the ONNX model's metadata_props entry: model.json and more
+
+
+class OnnxPredictor(BasePredictor):
+    """A run's ONNX export on onnxruntime: no torch is imported."""
+
+    backend = "onnx"
+
+    def __init__(self, model_file: Path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise InflameError(
+                "The ONNX backend needs onnxruntime: `pip install 'inflame[onnx]'` (or "
+                "`pip install onnxruntime`)."
+            ) from None
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(model_file), options, providers=["CPUExecutionProvider"]
+            )
+            meta = json.loads(self.session.get_modelmeta().custom_metadata_map[ONNX_METADATA_KEY])
+        except Exception as exc:  # a damaged or foreign file: onnxruntime's own error types
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RunError(
+                f"{model_file} cannot be loaded as an inflame ONNX export: {reason}. Export it "
+                "again with `inflame export RUN --format onnx`."
+            ) from None
+        super().__init__(meta)
+        self.input_name = self.session.get_inputs()[0].name
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> OnnxPredictor:
+        """The run's ONNX export, after checking it against the sha256 the export recorded."""
+        return cls(verify_onnx_export(Path(run_dir)))
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {self.input_name: self.normalized(images)})[0]
+
+
+def verify_onnx_export(run_dir: Path) -> Path:
+    """The run's ONNX export, if it is there, recorded, from the run's weights and unchanged."""
+    from inflame.hashing import sha256_file
+    from inflame.runs import MANIFEST, read_manifest
+
+    path = run_dir / ONNX_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} has no ONNX export ({path}). Create it with `inflame export "
+            f"{run_dir} --format onnx`, or use the PyTorch backend."
+        )
+    if (run_dir / MANIFEST).is_file():
+        manifest = read_manifest(run_dir)
+        record = (manifest.get("exports") or {}).get(ONNX_FILE) or {}
+        digest = record.get("sha256")
+        if digest is None:
+            raise RunError(
+                f"{path} is not recorded in {run_dir / MANIFEST} (exports.{ONNX_FILE}); "
+                f"create it with `inflame export {run_dir} --format onnx`."
+            )
+        weights = manifest.get("weights_sha256")
+        if record.get("weights_sha256") != weights:
+            raise RunError(
+                f"{path} was exported from other weights than the run's own (sha256 "
+                f"{str(record.get('weights_sha256'))[:12]}…, the run's {str(weights)[:12]}…). "
+                f"Export it again with `inflame export {run_dir} --format onnx`."
+            )
+        actual = sha256_file(path)
+        if actual != digest:
+            raise RunError(
+                f"{path} has changed since it was exported: its sha256 is {actual[:12]}…, "
+                f"but {run_dir / MANIFEST} recorded {digest[:12]}…. A changed model is not "
+                f"used. Export it again with `inflame export {run_dir} --format onnx`."
+            )
+    return path
+
+
+def load_predictor(run_dir: str | Path, backend: str = "torch") -> BasePredictor:
+    """A run's predictor on `backend` ("torch" or "onnx")."""
+    if backend == "torch":
+        return Predictor.from_run(run_dir)
+    if backend == "onnx":
+        return OnnxPredictor.from_run(run_dir)
+    raise InflameError(f"Unknown backend `{backend}`: use `torch` or `onnx`.")

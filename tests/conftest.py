@@ -122,3 +122,20 @@ def image_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.emulation import make_image_python
 
     return make_image_python(tmp_path_factory.mktemp("image") / "venv")
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch run of the tiny fowl classifier (3 classes; 3 test images each),
+    for the tests that serve or export a model. Copy it before changing it."""
+    from tests.helpers import train_tiny_run
+
+    return train_tiny_run(
+        tmp_path_factory.mktemp("finished"),
+        name="served",
+        seed=2,
+        data_seed=4,
+        per_class=12,
+        ratios=(0.5, 0.25, 0.25),
+        epochs=1,
+    )

@@ -101,3 +101,32 @@ def inflame_popen(
     return ZYGOTE.popen(
         argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, sigint_default=sigint_default
     )
+
+
+def train_tiny_run(
+    root: Path,
+    *,
+    name: str,
+    seed: int,
+    data_seed: int,
+    per_class: int,
+    ratios: tuple[float, float, float],
+    epochs: int,
+) -> Path:
+    """A finished run of the tiny fowl classifier on a generated 3-class set (train, val,
+    test) under `root`; its run directory."""
+    from inflame import tomlfile
+    from inflame.data.demo import make_demo_dataset
+    from inflame.launcher import train_local
+    from tests.conftest import TINY_HPARAMS
+
+    data = root / "demo"
+    make_demo_dataset(data, per_class=per_class, image_size=32, seed=data_seed, ratios=ratios)
+    spec = {
+        "job": {"name": name, "app": "fowl_classifier", "seed": seed},
+        "data": {split: str(data / split) for split in ("train", "val", "test")},
+        "hyperparameters": {**TINY_HPARAMS, "epochs": epochs},
+    }
+    path = root / "job.toml"
+    path.write_text(tomlfile.dumps(spec), encoding="utf-8")
+    return train_local(path, run_dir=root / "run").run_dir

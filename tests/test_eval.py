@@ -21,31 +21,27 @@ from PIL import Image
 from sklearn import metrics as sk
 
 from inflame import tomlfile
-from inflame.data.demo import make_demo_dataset
 from inflame.data.images import scan_image_folder
 from inflame.evaluation.report import REPORT_FILES
 from inflame.hashing import sha256_file
 from inflame.launcher import train_local
 from inflame.predict import Predictor
-from tests.conftest import TINY_HPARAMS
-from tests.helpers import assert_clean_error, run_inflame
+from tests.helpers import assert_clean_error, run_inflame, train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run of the tiny fowl classifier: 3 classes, a 12-image test set on which
     it is right sometimes and wrong sometimes."""
-    root = tmp_path_factory.mktemp("eval")
-    data = root / "demo"
-    make_demo_dataset(data, per_class=20, image_size=32, seed=11, ratios=(0.6, 0.2, 0.2))
-    spec = {
-        "job": {"name": "evaluated", "app": "fowl_classifier", "seed": 5},
-        "data": {name: str(data / name) for name in ("train", "val", "test")},
-        "hyperparameters": {**TINY_HPARAMS, "epochs": 3},
-    }
-    path = root / "job.toml"
-    path.write_text(tomlfile.dumps(spec), encoding="utf-8")
-    return train_local(path, run_dir=root / "run").run_dir
+    return train_tiny_run(
+        tmp_path_factory.mktemp("eval"),
+        name="evaluated",
+        seed=5,
+        data_seed=11,
+        per_class=20,
+        ratios=(0.6, 0.2, 0.2),
+        epochs=3,
+    )
 
 
 def independent_probabilities(run: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:

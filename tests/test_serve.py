@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -20,30 +21,17 @@ import httpx
 import pytest
 from PIL import Image
 
-from inflame import tomlfile
-from inflame.data.demo import make_demo_dataset
 from inflame.hashing import sha256_file
-from inflame.launcher import train_local
 from inflame.predict import Predictor
-from tests.conftest import TINY_HPARAMS, guarded_env
+from tests.conftest import guarded_env
 from tests.helpers import assert_clean_error, inflame_popen, run_inflame
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    data = root / "demo"
-    make_demo_dataset(data, per_class=12, image_size=32, seed=4, ratios=(0.5, 0.25, 0.25))
-    spec = {
-        "job": {"name": "served", "app": "fowl_classifier", "seed": 2},
-        "data": {name: str(data / name) for name in ("train", "val", "test")},
-        "hyperparameters": {**TINY_HPARAMS, "epochs": 1},
-    }
-    path = root / "job.toml"
-    path.write_text(tomlfile.dumps(spec), encoding="utf-8")
-    return train_local(path, run_dir=root / "run").run_dir
+def trained(finished_run: Path) -> Path:
+    return finished_run
 
 
 @pytest.fixture(scope="module")
@@ -332,8 +320,6 @@ def test_listening_beyond_loopback_needs_a_token(trained: Path, tmp_path: Path):
 
 
 def test_a_run_whose_model_changed_is_refused_before_binding(trained: Path, tmp_path: Path):
-    import shutil
-
     copy = tmp_path / "run"
     shutil.copytree(trained, copy)
     weights = copy / "model" / "weights.safetensors"
@@ -383,3 +369,29 @@ def test_serve_without_its_packages_says_what_to_install(monkeypatch: pytest.Mon
     )
     with pytest.raises(InflameError, match=r"\(uvicorn\): `pip install 'inflame\[serve\]'`"):
         require_service_packages()
+
+
+def test_the_onnx_backend_serves_the_same_answers(
+    trained: Path, tmp_path: Path, images: list[Path]
+):
+    from inflame.exporting import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    refused = run_inflame("serve", run, "--port", "0", "--backend", "onnx", cwd=tmp_path)
+    assert_clean_error(refused, "has no ONNX export")
+    export_run(run, "onnx")
+    service = Service(run, tmp_path, "--backend", "onnx")
+    try:
+        service.wait_ready()
+        assert service.client.get("/metadata").json()["backend"] == "onnx"
+        answer = service.client.post("/predict", files=upload(*images), params={"top_k": 3})
+        assert answer.status_code == 200, answer.text
+        expected = direct(trained, images, top_k=3)
+        for mine, theirs in zip(answer.json()["predictions"], expected, strict=True):
+            assert (mine["image"], mine["label"]) == (theirs["image"], theirs["label"])
+            for a, b in zip(mine["top_k"], theirs["top_k"], strict=True):
+                assert a["label"] == b["label"]
+                assert a["probability"] == pytest.approx(b["probability"], abs=2e-4)
+    finally:
+        service.stop()

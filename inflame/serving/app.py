@@ -150,10 +150,10 @@ class ModelHolder:
         self._thread.start()
 
     def _load(self) -> None:
-        from inflame.predict import Predictor
+        from inflame.predict import load_predictor
 
         try:
-            predictor = Predictor.from_run(self.settings.run_dir)
+            predictor = load_predictor(self.settings.run_dir, self.settings.backend)
         except InflameError as exc:
             self.status, self.error = "failed", str(exc)
             log.error("inflame serve: the model cannot be loaded: %s", exc)
@@ -217,6 +217,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         "max_batch": settings.max_batch,
         "max_pixels": settings.max_pixels,
     }
+    metadata["backend"] = settings.backend
     token = settings.token()
 
     async def lifespan(_: FastAPI) -> Any:

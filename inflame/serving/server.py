@@ -73,6 +73,10 @@ def serve(settings: ServeSettings, *, log_level: str = "info") -> None:
 
     settings.check()
     check_run(Path(settings.run_dir))
+    if settings.backend == "onnx":
+        from inflame.predict import verify_onnx_export
+
+        verify_onnx_export(Path(settings.run_dir))
     os.environ[SETTINGS_ENV] = settings.to_env()
     sock = bind(settings.host, settings.port)
     print(

@@ -28,6 +28,7 @@ class ServeSettings:
     max_batch: int = 32  # images in one forward pass
     max_wait_ms: float = 5.0  # how long a batch waits for more images after its first
     max_pixels: int = 50_000_000  # per image (decompression-bomb guard)
+    backend: str = "torch"  # or "onnx": the run's ONNX export on onnxruntime
 
     @property
     def max_upload_bytes(self) -> int:
@@ -52,6 +53,8 @@ class ServeSettings:
                 raise InflameError(f"{name} must be at least {low}, got {value}.")
         if self.port > 65535:
             raise InflameError(f"--port must be at most 65535, got {self.port}.")
+        if self.backend not in ("torch", "onnx"):
+            raise InflameError(f"--backend must be `torch` or `onnx`, got `{self.backend}`.")
         if not self.max_upload_mb > 0:
             raise InflameError(f"--max-upload-mb must be above 0, got {self.max_upload_mb}.")
         if not 0 <= self.max_wait_ms <= 1000:
