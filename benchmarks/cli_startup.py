@@ -6,9 +6,10 @@
 are imported lazily, inside the commands that need them. `import torch` is shown for scale.
 `inflame predict IMAGE --run RUN` labels one image from a cold process: it first trains a
 tiny run (1 epoch of the synthetic demo set at 32 px) in a temp dir, with INFLAME_RUNS_DIR
-and INFLAME_CACHE_DIR pointing there for every case. The cases take turns, one process each
-per round, so that load from other processes falls on all of them alike; the median of the
-rounds is reported. Target (issue 7): `inflame --help` <= 0.2 s.
+and INFLAME_CACHE_DIR pointing there for every case, and exports it to ONNX for the same
+prediction with `--backend onnx` (onnxruntime, no torch; issue 10). The cases take turns,
+one process each per round, so that load from other processes falls on all of them alike;
+the median of the rounds is reported. Target (issue 7): `inflame --help` <= 0.2 s.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def main() -> None:
             image = tiny_run(work, env)
             predict = [sys.executable, "-m", "inflame", "predict", str(image), "--run", "latest"]
             cases["inflame predict IMAGE --run RUN (1 image)"] = predict
+            export = [sys.executable, "-m", "inflame", "export", "latest", "--format", "onnx"]
+            subprocess.run(export, check=True, stdout=subprocess.DEVNULL, env=env)
+            cases["inflame predict ... --backend onnx (1 image)"] = [*predict, "--backend", "onnx"]
         for command in cases.values():  # warm the page cache, untimed
             seconds(command, env)
         times: dict[str, list[float]] = {name: [] for name in cases}

@@ -326,6 +326,38 @@ def serve(
 
 
 @app.command()
+def api(
+    root: Annotated[
+        Path, typer.Option(help="The service's folder: its job database, job logs, runs.")
+    ] = Path("inflame-api"),
+    allowed_root: Annotated[
+        Path | None,
+        typer.Option(help="Spec files named by path must lie under it (default: the cwd)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one).")] = 8001,
+    parallel: Annotated[int, typer.Option(help="Jobs that train at once.")] = 1,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the API token (else $INFLAME_API_TOKEN); required."),
+    ] = None,
+) -> None:
+    """Training jobs over HTTP: POST /jobs, GET /jobs/{id}, GET /jobs, DELETE /jobs/{id}."""
+    from inflame.jobs_api.app import ApiSettings
+    from inflame.jobs_api.server import serve_api
+
+    settings = ApiSettings(
+        root=str(root.resolve()),
+        allowed_root=str((allowed_root or Path.cwd()).resolve()),
+        host=host,
+        port=port,
+        parallel=parallel,
+        token_file=str(token_file) if token_file else None,
+    )
+    serve_api(settings)
+
+
+@app.command()
 def export(
     run: Annotated[
         str, typer.Argument(help="Run directory, run name, or `latest`.", show_default=False)

@@ -130,3 +130,64 @@ def train_tiny_run(
     path = root / "job.toml"
     path.write_text(tomlfile.dumps(spec), encoding="utf-8")
     return train_local(path, run_dir=root / "run").run_dir
+
+
+class LiveService:
+    """`inflame ARGS --port 0` (serve or api) in a subprocess, its stderr collected, and an
+    HTTP client for the address it announces."""
+
+    def __init__(self, args: Sequence[str | Path], cwd: Path, **env: str):
+        import re
+        import threading
+
+        import httpx
+
+        from tests.conftest import guarded_env
+
+        self.process = inflame_popen(
+            [*args, "--port", "0"],
+            cwd=cwd,
+            env=guarded_env(INFLAME_HOME=str(cwd / "home"), **env),
+            stdout=subprocess.DEVNULL,
+        )
+        self.lines: list[str] = []
+        self._announced = threading.Event()
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self._announced.wait(120):
+            self.process.kill()
+            raise AssertionError(f"the service did not start: {self.log}")
+        self.url = re.search(r" on (http://\S+) ", self.log).group(1)  # type: ignore[union-attr]
+        self.client = httpx.Client(base_url=self.url, timeout=120)
+
+    def _drain(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if line.startswith("inflame ") and " on http://" in line:
+                self._announced.set()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, headers: dict[str, str] | None = None) -> None:
+        import time
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            answer = self.client.get("/readyz", headers=headers)
+            if answer.status_code == 200:
+                return
+            assert answer.json()["status"] == "loading", answer.text
+            time.sleep(0.1)
+        raise AssertionError(f"not ready: {self.log}")
+
+    def stop(self) -> None:
+        """SIGTERM: uvicorn finishes what is in flight and shuts down; one worker then ends
+        by the signal (exit status 143 in a shell), a worker pool's supervisor with 0."""
+        import signal
+
+        self.process.send_signal(signal.SIGTERM)
+        status = self.process.wait(180)
+        assert status in (0, -signal.SIGTERM), (status, self.log)
+        assert "Finished server process" in self.log, self.log
+        assert "Traceback" not in self.log, self.log

@@ -38,7 +38,7 @@ def test_help_and_version_import_neither_torch_nor_cloud_sdks():
         "from inflame.cli import app\n"
         "for args in (['--help'], ['train', '--help'], ['predict', '--help'], ['runs', '--help'],"
         " ['submit', '--help'], ['jobs', '--help'], ['sweep', '--help'], ['serve', '--help'],"
-        " ['export', '--help'], ['--version']):\n"
+        " ['export', '--help'], ['api', '--help'], ['--version']):\n"
         "    result = CliRunner().invoke(app, args)\n"
         "    assert result.exit_code == 0, (args, result.output)\n"
         "heavy = sorted(set(sys.modules) & {'torch', 'torchvision', 'numpy', 'boto3', "

@@ -8,8 +8,6 @@ import io
 import json
 import re
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +21,7 @@ from PIL import Image
 
 from inflame.hashing import sha256_file
 from inflame.predict import Predictor
-from tests.conftest import guarded_env
-from tests.helpers import assert_clean_error, inflame_popen, run_inflame
+from tests.helpers import LiveService, assert_clean_error, run_inflame
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -40,53 +37,11 @@ def images(trained: Path) -> list[Path]:
     return sorted(Path(manifest["data"]["inputs"]["test"]["path"]).rglob("*.jpg"))
 
 
-class Service:
-    """`inflame serve RUN --port 0 ...` in a subprocess; its stderr is collected."""
+class Service(LiveService):
+    """`inflame serve RUN --port 0 ...` in a subprocess."""
 
     def __init__(self, run: Path, cwd: Path, *args: str, **env: str):
-        self.process = inflame_popen(
-            ["serve", run, "--port", "0", *args],
-            cwd=cwd,
-            env=guarded_env(INFLAME_HOME=str(cwd / "home"), **env),
-            stdout=subprocess.DEVNULL,
-        )
-        self.lines: list[str] = []
-        self._url = threading.Event()
-        threading.Thread(target=self._drain, daemon=True).start()
-        if not self._url.wait(120):
-            self.stop()
-            raise AssertionError(f"the service did not start: {self.log}")
-        self.url = re.search(r"on (http://\S+) ", self.log).group(1)  # type: ignore[union-attr]
-        self.client = httpx.Client(base_url=self.url, timeout=120)
-
-    def _drain(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append(line)
-            if line.startswith("inflame serve:"):
-                self._url.set()
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_ready(self, headers: dict[str, str] | None = None) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            answer = self.client.get("/readyz", headers=headers)
-            if answer.status_code == 200:
-                return
-            assert answer.json()["status"] == "loading", answer.text
-            time.sleep(0.1)
-        raise AssertionError(f"not ready: {self.log}")
-
-    def stop(self) -> None:
-        """SIGTERM: uvicorn finishes what is in flight and shuts down; one worker then ends
-        by the signal (exit status 143 in a shell), a worker pool's supervisor with 0."""
-        self.process.send_signal(signal.SIGTERM)
-        status = self.process.wait(60)
-        assert status in (0, -signal.SIGTERM), (status, self.log)
-        assert "Finished server process" in self.log, self.log
-        assert "Traceback" not in self.log, self.log
+        super().__init__(["serve", run, *args], cwd, **env)
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ class Gatekeeper:
                 value.strip().encode(), self.token.encode()
             ):
                 self.metrics.errors.labels("unauthorized").inc()
-                response = _error(
+                response = error_response(
                     401, "A valid API token is required: send `Authorization: Bearer TOKEN`."
                 )
                 response.headers["WWW-Authenticate"] = "Bearer"
@@ -112,7 +112,7 @@ class Gatekeeper:
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             self.metrics.errors.labels("upload_too_large").inc()
-            return _error(413, upload_too_large(self.limit))
+            return error_response(413, upload_too_large(self.limit))
         return None
 
     def _counted(self, receive: Receive) -> Receive:
@@ -201,7 +201,16 @@ def run_metadata(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+def invalid_request_response(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation errors as one `error` line: each field and what is wrong."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'][1:]) or 'body'}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return error_response(422, f"Invalid request: {problems}.")
+
+
+def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
@@ -236,12 +245,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'][1:]) or 'request'}: {error['msg']}"
-            for error in exc.errors()
-        )
         metrics.errors.labels("bad_request").inc()
-        return _error(422, f"Invalid request: {problems}.")
+        return invalid_request_response(exc)
 
     @app.get("/healthz", summary="The service is up")
     async def healthz() -> dict[str, str]:
@@ -301,12 +306,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if holder.status != "ready":
             metrics.errors.labels("not_ready").inc()
             message = holder.error or "The model is still loading; retry shortly (see /readyz)."
-            return _error(503, message)
+            return error_response(503, message)
         try:
             uploads, refusal = await _read_uploads(request, settings)
         except UploadTooLarge as exc:
             metrics.errors.labels("upload_too_large").inc()
-            return _error(413, str(exc))
+            return error_response(413, str(exc))
         if refusal is not None:
             metrics.errors.labels("bad_request").inc()
             return refusal
@@ -323,7 +328,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         ]
         if bad:
             metrics.errors.labels("unreadable_image").inc()
-            return _error(
+            return error_response(
                 422,
                 f"{len(bad)} of {len(uploads)} uploaded file(s) cannot be read as images, so "
                 f"nothing was labelled: {'; '.join(b.error for b in bad)}",
@@ -338,7 +343,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         failed = [a for a in answers if "error" in a]
         if failed:
             metrics.errors.labels("model_output").inc()
-            return _error(500, failed[0]["error"], images=failed)
+            return error_response(500, failed[0]["error"], images=failed)
         metrics.images.inc(len(answers))
         return JSONResponse({"predictions": answers})
 
@@ -361,7 +366,7 @@ async def _read_uploads(
     """The uploaded files as (name, bytes), or the 4xx that refuses the request."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        return [], _error(
+        return [], error_response(
             400,
             "Send the images as multipart/form-data file fields (e.g. `curl -F "
             f"files=@bird.jpg ...`); got Content-Type {content_type or 'none'!r}.",
@@ -377,7 +382,7 @@ async def _read_uploads(
             if status == 413
             else f"The multipart upload cannot be read: {reason}"
         )
-        return [], _error(status, message)
+        return [], error_response(status, message)
     uploads: list[tuple[str, bytes]] = []
     try:
         for _, value in form.multi_items():
@@ -387,7 +392,7 @@ async def _read_uploads(
     finally:
         await form.close()
     if not uploads:
-        return [], _error(400, "The request holds no files: upload one or more images.")
+        return [], error_response(400, "The request holds no files: upload one or more images.")
     return uploads, None
 
 

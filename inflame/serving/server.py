@@ -68,9 +68,6 @@ def require_service_packages() -> None:
 def serve(settings: ServeSettings, *, log_level: str = "info") -> None:
     """Run until interrupted (Ctrl-C or SIGTERM: in-flight requests finish first)."""
     require_service_packages()
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
     settings.check()
     check_run(Path(settings.run_dir))
     if settings.backend == "onnx":
@@ -79,26 +76,34 @@ def serve(settings: ServeSettings, *, log_level: str = "info") -> None:
         verify_onnx_export(Path(settings.run_dir))
     os.environ[SETTINGS_ENV] = settings.to_env()
     sock = bind(settings.host, settings.port)
+    workers = f"{settings.workers} worker{'s' if settings.workers > 1 else ''}"
+    announce("serve", sock, f"{Path(settings.run_dir).name} ({workers})")
+    run_uvicorn(FACTORY, sock, workers=settings.workers, log_level=log_level)
+
+
+def announce(what: str, sock: socket.socket, detail: str) -> None:
     print(
-        f"inflame serve: {Path(settings.run_dir).name} on {url(sock)} "
-        f"({settings.workers} worker{'s' if settings.workers > 1 else ''}; API docs at "
-        f"{url(sock)}/docs)",
+        f"inflame {what}: {detail} on {url(sock)} (API docs at {url(sock)}/docs)",
         file=sys.stderr,
         flush=True,
     )
+
+
+def run_uvicorn(factory: str, sock: socket.socket, *, workers: int, log_level: str) -> None:
+    """uvicorn on a bound socket, with the app from `factory` (one call per worker process);
+    until Ctrl-C or SIGTERM, after which requests in flight finish."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
     config = uvicorn.Config(
-        FACTORY,
-        factory=True,
-        workers=settings.workers,
-        log_level=log_level,
-        timeout_graceful_shutdown=30,
+        factory, factory=True, workers=workers, log_level=log_level, timeout_graceful_shutdown=30
     )
     server = uvicorn.Server(config)
-    if settings.workers == 1:
+    if workers == 1:
         server.run(sockets=[sock])
+        if not server.started:
+            raise InflameError("The service did not start; its log above says why.")
     else:
         options = inspect.signature(Multiprocess).parameters
         extra = {"target": server.run} if "target" in options else {}
         Multiprocess(config, sockets=[sock], **extra).run()
-    if settings.workers == 1 and not server.started:
-        raise InflameError("The service did not start; its log above says why.")

@@ -70,24 +70,29 @@ class ServeSettings:
 
     def token(self) -> str | None:
         """The API token from --token-file or $INFLAME_API_TOKEN; None when neither is set."""
-        if self.token_file is not None:
-            path = Path(self.token_file)
-            try:
-                token = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise InflameError(f"Cannot read the API token file {path}: {exc}.") from None
-            where = f"the token file {path}"
-        else:
-            token = os.environ.get(TOKEN_ENV)
-            if token is None:
-                return None
-            token, where = token.strip(), f"${TOKEN_ENV}"
-        if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-            raise InflameError(
-                f"The API token in {where} must be at least {MIN_TOKEN_CHARS} characters without "
-                "spaces (e.g. `openssl rand -hex 32`)."
-            )
-        return token
+        return read_token(self.token_file)
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The API token from `token_file`, else $INFLAME_API_TOKEN; None when neither is set."""
+    if token_file is not None:
+        path = Path(token_file)
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InflameError(f"Cannot read the API token file {path}: {exc}.") from None
+        where = f"the token file {path}"
+    else:
+        token = os.environ.get(TOKEN_ENV)
+        if token is None:
+            return None
+        token, where = token.strip(), f"${TOKEN_ENV}"
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise InflameError(
+            f"The API token in {where} must be at least {MIN_TOKEN_CHARS} characters without "
+            "spaces (e.g. `openssl rand -hex 32`)."
+        )
+    return token
 
 
 def is_loopback(host: str) -> bool:

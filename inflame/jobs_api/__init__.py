@@ -1,0 +1,1 @@
+"""`inflame api`: training jobs over HTTP (submit a spec, follow it, cancel it)."""
