@@ -358,6 +358,94 @@ def api(
 
 
 @app.command()
+def deploy(
+    run: Annotated[
+        str, typer.Argument(help="Run directory, run name, or `latest`.", show_default=False)
+    ],
+    target: Annotated[str, typer.Option("--target", "-t", help="sagemaker.")],
+    overrides: Overrides = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the exact requests; send nothing.")
+    ] = False,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Deploy a trained run as a managed real-time endpoint ([targets.<target>] settings)."""
+    from inflame.deploy.plan import deploy as create
+    from inflame.deploy.plan import plan_deployment
+    from inflame.ledger import Ledger
+    from inflame.runs import resolve_run
+
+    plan = plan_deployment(resolve_run(run, runs_dir), target, overrides or [])
+    console = _stderr()
+    where = ", ".join(f"{key} {value}" for key, value in plan.where.items())
+    console.print(f"endpoint {plan.name} on {target} ({where})", soft_wrap=True)
+    console.print(
+        f"model archive: {plan.archive_uri} ({len(plan.archive.data):,} bytes, sha256 "
+        f"{plan.archive.sha256[:12]}…)",
+        soft_wrap=True,
+    )
+    if dry_run:
+        console.print("[bold]checked against[/bold]")
+        for check in plan.checks:
+            console.print(f"  - {check}", soft_wrap=True)
+        print(json.dumps(plan.to_json(), indent=2))
+        return
+    record = create(plan, Ledger())
+    console.print(f"creating endpoint {record.name} (ledger id {record.id}); it takes minutes")
+    console.print(f"console: {record.console_url}")
+    print(record.name)
+
+
+@app.command()
+def endpoints(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List deployed endpoints (the ledger), with the status each provider reports now."""
+    from inflame.deploy.plan import refresh
+    from inflame.ledger import Ledger
+
+    ledger = Ledger()
+    console = _stderr()
+    rows = []
+    for record in ledger.deployments():
+        try:
+            record = refresh(record, ledger)
+        except InflameError as exc:
+            console.print(f"[yellow]warning:[/yellow] {record.name}: {exc}", soft_wrap=True)
+        rows.append(record)
+    if as_json:
+        for r in rows:
+            fields = ("id", "target", "name", "status", "run", "weights_sha256", "error")
+            print(json.dumps({key: getattr(r, key) for key in fields} | {"created": r.created_at}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Endpoints")
+    for column in ("id", "target", "name", "status", "run", "created"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(str(r.id), r.target, r.name, r.status, Path(r.run).name, r.created_at)
+    Console().print(table)
+
+
+@app.command()
+def undeploy(
+    endpoint: Annotated[
+        str, typer.Argument(help="Endpoint name (or ledger id).", show_default=False)
+    ],
+) -> None:
+    """Delete a deployed endpoint, its configuration and its model."""
+    from inflame.deploy.plan import undeploy as delete
+    from inflame.ledger import Ledger
+
+    ledger = Ledger()
+    record = ledger.find_deployment(endpoint)
+    delete(record, ledger)
+    _stderr().print(f"deleted endpoint {record.name} ({record.target})")
+
+
+@app.command()
 def export(
     run: Annotated[
         str, typer.Argument(help="Run directory, run name, or `latest`.", show_default=False)

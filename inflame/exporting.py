@@ -29,6 +29,7 @@ TOLERANCE = 1e-4  # the largest difference of a probability an export may show
 SAMPLES = 16
 SAMPLE_INPUTS = ("test", "val", "train")
 ONNX_OPSET = 18
+ONNX_MAX_BYTES = 1_900_000_000  # protobuf's 2 GiB limit, less room for the graph
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,14 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
 
     if fmt not in FORMATS:
         raise InflameError(f"Unknown export format `{fmt}`: use {' or '.join(FORMATS)}.")
+    if fmt == "onnx":
+        from importlib.util import find_spec
+
+        missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if find_spec(m) is None]
+        if missing:
+            raise InflameError(
+                f"The ONNX export needs {', '.join(missing)}: `pip install 'inflame[onnx]'`."
+            )
     run_dir = Path(run_dir)
     path = Path(out) if out is not None else run_dir / FORMATS[fmt]
     if path.is_dir():
@@ -131,6 +140,13 @@ def _write_onnx(predictor: Predictor, path: Path, metadata: dict[str, Any]) -> N
     import onnx
     import torch
 
+    size = sum(p.numel() * p.element_size() for p in predictor.model.parameters())
+    if size > ONNX_MAX_BYTES:
+        raise InflameError(
+            f"The model's weights take {size / 2**30:.1f} GiB; a single-file ONNX model holds "
+            "at most 2 GiB, and inflame does not write ONNX external data yet. Use "
+            "`--format torchscript`."
+        )
     model = _probability_model(predictor)
     with _quiet():
         program = torch.onnx.export(

@@ -33,7 +33,39 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (name);
+CREATE TABLE IF NOT EXISTS deployments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    name TEXT NOT NULL,
+    run TEXT NOT NULL,
+    weights_sha256 TEXT,
+    archive_sha256 TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    locator TEXT NOT NULL,
+    requests TEXT NOT NULL,
+    console_url TEXT,
+    error TEXT
+);
 """
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    id: int
+    target: str
+    name: str
+    run: str
+    weights_sha256: str | None
+    archive_sha256: str
+    status: str
+    created_at: str
+    updated_at: str
+    locator: dict[str, Any]
+    requests: list[Any]
+    console_url: str | None
+    error: str | None
 
 
 def inflame_home() -> Path:
@@ -178,3 +210,79 @@ class Ledger:
                 (target, spec_sha256, bundle_sha256, *ACTIVE),
             ).fetchall()
         return [self._record(row) for row in rows]
+
+    # ---- deployments (`inflame deploy`) --------------------------------------------------
+
+    def add_deployment(
+        self,
+        *,
+        target: str,
+        name: str,
+        run: str,
+        weights_sha256: str | None,
+        archive_sha256: str,
+        locator: dict[str, Any],
+        requests: list[Any],
+    ) -> int:
+        """Record a deployment about to be created; returns its ledger id."""
+        now = utc_now()
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO deployments (target, name, run, weights_sha256, archive_sha256,"
+                " status, created_at, updated_at, locator, requests)"
+                " VALUES (?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
+                (
+                    target,
+                    name,
+                    run,
+                    weights_sha256,
+                    archive_sha256,
+                    now,
+                    now,
+                    json.dumps(locator),
+                    json.dumps(requests),
+                ),
+            )
+            return int(cursor.lastrowid)
+
+    def update_deployment(self, deployment_id: int, **fields: Any) -> None:
+        unknown = set(fields) - {"status", "console_url", "error"}
+        if unknown:
+            raise ValueError(f"unknown ledger fields: {unknown}")
+        fields["updated_at"] = utc_now()
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        with self._connect() as db:
+            db.execute(
+                f"UPDATE deployments SET {assignments} WHERE id = ?",
+                (*fields.values(), deployment_id),
+            )
+
+    def deployments(self, include_deleted: bool = False) -> list[DeploymentRecord]:
+        query = "SELECT * FROM deployments"
+        if not include_deleted:
+            query += " WHERE status != 'deleted'"
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY id").fetchall()
+        return [_deployment(row) for row in rows]
+
+    def find_deployment(self, ref: str) -> DeploymentRecord:
+        """The newest deployment with this endpoint name (or ledger id)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM deployments WHERE name = ? OR CAST(id AS TEXT) = ?"
+                " ORDER BY id DESC LIMIT 1",
+                (ref, ref),
+            ).fetchone()
+        if row is None:
+            raise InflameError(
+                f"No deployment {ref!r} in the ledger ({self.path}). `inflame endpoints` "
+                "lists them."
+            )
+        return _deployment(row)
+
+
+def _deployment(row: sqlite3.Row) -> DeploymentRecord:
+    values = dict(row)
+    values["locator"] = json.loads(values["locator"])
+    values["requests"] = json.loads(values["requests"])
+    return DeploymentRecord(**values)

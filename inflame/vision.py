@@ -13,13 +13,11 @@ import torch
 from torch import nn
 
 from inflame.errors import InflameError, RunError, did_you_mean
+from inflame.model_files import META_FILE, MODEL_FORMAT, WEIGHTS_FILE
 from inflame.tensorfile import load_tensors, save_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHTS_FILE = "weights.safetensors"
-META_FILE = "model.json"
-MODEL_FORMAT = "inflame.image_classifier/1"
 
 
 def classification_models() -> list[str]:

@@ -191,3 +191,17 @@ class LiveService:
         assert status in (0, -signal.SIGTERM), (status, self.log)
         assert "Finished server process" in self.log, self.log
         assert "Traceback" not in self.log, self.log
+
+
+def offline_aws_env(home: Path) -> dict[str, str]:
+    """A subprocess environment with no AWS credentials or config at all."""
+    from tests.conftest import guarded_env
+
+    env = guarded_env(
+        INFLAME_HOME=str(home),
+        AWS_CONFIG_FILE="/nonexistent",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+    )
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        env.pop(key, None)
+    return env

@@ -97,13 +97,32 @@ def test_bad_requests_and_failing_jobs_say_why(write_spec, tmp_path: Path):
                 "expected `section.key=value`",
             ),
             "wrong type": ({"spec_path": 3}, 422, "spec_path"),
+            "control character": (
+                {"spec_path": "job.toml", "overrides": ["hyperparameters.x=a\x00b"]},
+                400,
+                "no control characters",
+            ),
+            "not unicode": (b'{"spec": "\\udc80"}', 400, "not valid Unicode"),  # a lone surrogate
         }
         for name, (body, status, fragment) in refusals.items():
-            answer = service.client.post("/jobs", json=body, headers=AUTH)
+            if isinstance(body, bytes):
+                headers = {**AUTH, "content-type": "application/json"}
+                answer = service.client.post("/jobs", content=body, headers=headers)
+            else:
+                answer = service.client.post("/jobs", json=body, headers=AUTH)
             assert answer.status_code == status, (name, answer.text)
             assert fragment in answer.json()["error"], (name, answer.text)
         assert service.client.get("/jobs", headers=AUTH).json() == {"jobs": []}
         assert not list((tmp_path / "api" / "jobs").glob("*/job.toml"))  # nothing left
+        chunks = (b"x" * 65536 for _ in range(8))  # no Content-Length: read up to the limit
+        big = service.client.post(
+            "/jobs", content=chunks, headers={**AUTH, "content-type": "application/json"}
+        )
+        assert big.status_code == 413 and "limit of 262,144 bytes" in big.json()["error"]
+        assert service.client.get("/nowhere", headers=AUTH).json() == {"error": "Not Found"}
+        second = run_inflame("api", "--root", tmp_path / "api", "--port", "0", cwd=tmp_path,
+                             INFLAME_API_TOKEN=TOKEN)  # fmt: skip
+        assert_clean_error(second, "Another `inflame api` serves")
 
         job = submit(service, spec_path="job.toml")
         failed = wait_for(service, job["id"], lambda j: j["status"] == "error")
@@ -143,7 +162,7 @@ def test_jobs_survive_a_restart_and_a_crash_of_the_service_and_cancel_stops_them
         final = wait_for(second, short["id"], lambda j: j["status"] == "ready")
         manifest = json.loads((Path(final["result"]["run_dir"]) / "manifest.json").read_text())
         assert manifest["resumed"] and manifest["status"] == "completed"
-        assert final["attempts"] == 2
+        assert final["attempts"] == 1  # a stop for a restart is not one of its attempts
         log = second.client.get(f"/jobs/{short['id']}/log", headers=AUTH).text
         assert "resuming at epoch" in log
 
@@ -184,3 +203,28 @@ def _no_stray_training(tmp_path: Path) -> Iterator[None]:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_scheduler_cancels_what_a_job_is_now_and_a_job_that_cannot_start_is_an_error(
+    tmp_path: Path,
+):
+    from inflame.jobs_api.scheduler import Scheduler
+    from inflame.jobs_api.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.db")
+    scheduler = Scheduler(store, python=str(tmp_path / "no-such-python"))
+    spec = tmp_path / "job.toml"
+    waiting, launched = (store.create(spec, [], tmp_path) for _ in range(2))
+    store.update(launched.id, status="in_progress", pid=None)  # started after it was read
+    assert scheduler.cancel(waiting.id).status == "cancelled"
+    now = scheduler.cancel(launched.id)
+    assert now.status == "in_progress" and now.cancel_requested  # stopped, then settled
+    assert scheduler.cancel("nope") is None
+
+    first, second = (store.create(spec, [], tmp_path) for _ in range(2))
+    scheduler.parallel = 3
+    scheduler.tick()  # neither can start: each is an error, and neither blocks the other
+    for job in (first, second):
+        failed = store.get(job.id)
+        assert failed.status == "error" and "cannot start its process" in failed.error
+    store.close()

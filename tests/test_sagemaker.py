@@ -37,9 +37,8 @@ from inflame.submit import (
     submit_plan,
 )
 from inflame.targets.sagemaker import _botocore_model, instance_gpus, validate_request
-from tests.conftest import guarded_env
 from tests.emulation import assert_all_ok, image_env, make_image_python, run_nodes
-from tests.helpers import write_cloud_spec
+from tests.helpers import offline_aws_env, write_cloud_spec
 
 BUCKET = "inflame-test"
 ROLE = "arn:aws:iam::123456789012:role/inflame-sagemaker"
@@ -87,13 +86,7 @@ def aws(monkeypatch: pytest.MonkeyPatch):
 
 def test_dry_run_is_offline_exact_and_valid(sm_spec, tmp_path: Path):
     out = tmp_path / "request.json"
-    env = guarded_env(
-        INFLAME_HOME=str(tmp_path / "home"),
-        AWS_CONFIG_FILE="/nonexistent",
-        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-    )
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
-        env.pop(key, None)
+    env = offline_aws_env(tmp_path / "home")
     spec = sm_spec()
     result = subprocess.run(
         [

@@ -206,19 +206,20 @@ def test_every_bad_upload_is_a_4xx_with_a_json_error_and_the_service_stays_up(
 def test_health_checks_answer_while_predictions_run(service: Service, images: list[Path]):
     done = threading.Event()
     health: list[int] = []
+    answered: list[int] = []
+
+    def call(_: int) -> None:
+        answered.append(service.client.post("/predict", files=upload(*images[:6])).status_code)
 
     def load() -> None:
         with ThreadPoolExecutor(8) as pool:
-            list(
-                pool.map(
-                    lambda _: service.client.post("/predict", files=upload(*images[:6])), range(24)
-                )
-            )
+            list(pool.map(call, range(24)))
         done.set()
 
     threading.Thread(target=load).start()
     while not done.is_set():
         health.append(service.client.get("/healthz", timeout=5).status_code)
+    assert answered == [200] * 24
     assert len(health) > 3 and set(health) == {200}
 
 
@@ -271,7 +272,7 @@ def test_listening_beyond_loopback_needs_a_token(trained: Path, tmp_path: Path):
     result = run_inflame("serve", trained, "--host", "0.0.0.0", "--port", "0", cwd=tmp_path)
     assert_clean_error(result, "--host 0.0.0.0", "an API token is required", "INFLAME_API_TOKEN")
     short = run_inflame("serve", trained, "--port", "0", cwd=tmp_path, INFLAME_API_TOKEN="short")
-    assert_clean_error(short, "at least 16 characters")
+    assert_clean_error(short, "at least 16 printable ASCII characters")
 
 
 def test_a_run_whose_model_changed_is_refused_before_binding(trained: Path, tmp_path: Path):
@@ -310,6 +311,33 @@ def test_the_batcher_groups_what_waits_and_a_failure_reaches_each_item_of_its_ba
             future.result(30)
     batcher.close()
     assert seen == [[1], [2, 3, 4], [5, 13]]
+
+
+def test_a_request_that_gave_up_does_not_stop_the_batcher():
+    """A cancelled future (its client went away) is dropped from its batch; the worker
+    serves the next ones."""
+    from inflame.serving.batcher import Batcher
+
+    gate, seen = threading.Event(), []
+
+    def work(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        gate.wait(30)
+        return [item + 1 for item in items]
+
+    batcher = Batcher(work, max_batch=8, max_wait=0.0)
+    [first] = batcher.submit([0])
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gone, kept = batcher.submit([1, 2])
+    assert gone.cancel()
+    gate.set()
+    assert first.result(30) == 1 and kept.result(30) == 3
+    [later] = batcher.submit([5])
+    assert later.result(30) == 6
+    batcher.close()
+    assert seen == [[0], [2], [5]] and batcher.failed is None
 
 
 def test_serve_without_its_packages_says_what_to_install(monkeypatch: pytest.MonkeyPatch):

@@ -21,8 +21,13 @@ from pydantic import BaseModel, Field
 from inflame import __version__
 from inflame.errors import InflameError
 from inflame.jobs_api.scheduler import Scheduler
-from inflame.jobs_api.store import FINAL, STATUSES, JobStore
-from inflame.serving.app import Gatekeeper, error_response, invalid_request_response
+from inflame.jobs_api.store import CANCELLED, FINAL, STATUSES, JobStore
+from inflame.serving.app import (
+    Gatekeeper,
+    add_json_errors,
+    error_response,
+    invalid_request_response,
+)
 from inflame.serving.metrics import ServiceMetrics
 from inflame.serving.settings import read_token
 
@@ -94,7 +99,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
         description="Training jobs: submit a spec, follow it, cancel it.",
         lifespan=lifespan,
     )
-    app.add_middleware(Gatekeeper, token=token, limit=settings.max_body_kb * 1024, metrics=metrics)
+    limit = settings.max_body_kb * 1024
+    app.add_middleware(
+        Gatekeeper,
+        token=token,
+        limit=limit,
+        metrics=metrics,
+        too_large=f"The request is larger than this service's limit of {limit:,} bytes.",
+    )
+    add_json_errors(app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
@@ -118,10 +131,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def submit(request: JobRequest) -> Response:
         if (request.spec is None) == (request.spec_path is None):
             return error_response(400, "Give exactly one of `spec` (TOML text) and `spec_path`.")
+        unprintable = [o for o in request.overrides if not o.isprintable()]
+        if unprintable or not (request.spec_path or "").isprintable():
+            return error_response(
+                400, "`overrides` and `spec_path` must be printable text (no control characters)."
+            )
         job_id = uuid.uuid4().hex[:16]
         folder = root / "jobs" / job_id
         if request.spec_path is not None:
-            spec = (allowed / request.spec_path).resolve()
+            spec = (allowed / request.spec_path).resolve()  # printable: no NUL
             if not spec.is_relative_to(allowed):
                 return error_response(
                     403,
@@ -133,9 +151,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
                     400, f"spec_path {request.spec_path!r}: no such file in {allowed}."
                 )
         else:
+            try:
+                text = (request.spec or "").encode("utf-8")
+            except UnicodeEncodeError:
+                return error_response(400, "`spec` is not valid Unicode text.")
             folder.mkdir(parents=True)
             spec = folder / "job.toml"
-            spec.write_text(request.spec or "", encoding="utf-8")
+            spec.write_bytes(text)
         try:
             await asyncio.to_thread(_check_spec, spec, request.overrides)
         except InflameError as exc:
@@ -165,8 +187,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
             return error_response(404, f"No job {job_id!r}.")
         if job.status in FINAL:
             return error_response(409, f"Job {job_id} is already {job.status}; nothing to cancel.")
-        await asyncio.to_thread(scheduler.cancel, job)
-        return JSONResponse(store.get(job_id).public(), status_code=202)  # type: ignore[union-attr]
+        now = await asyncio.to_thread(scheduler.cancel, job_id)
+        if now is None:
+            return error_response(404, f"No job {job_id!r}.")
+        if now.status != CANCELLED and not now.cancel_requested:  # it ended meanwhile
+            return error_response(409, f"Job {job_id} is already {now.status}; nothing to cancel.")
+        return JSONResponse(now.public(), status_code=202)
 
     @app.get("/jobs/{job_id}/log", summary="The end of a job's training log")
     async def get_log(job_id: str) -> Response:

@@ -58,39 +58,50 @@ class Scheduler:
                 self._follow(job)
             free = self.parallel - len(self.store.all(IN_PROGRESS))
             for job in self.store.all(NEW)[: max(free, 0)]:
-                self._launch(job)
+                try:
+                    self._launch(job)
+                except Exception as exc:  # this job cannot start; the others still can
+                    self.store.update(
+                        job.id, status=ERROR, pid=None, error=f"cannot start its process: {exc}"
+                    )
 
-    def cancel(self, job: Job) -> None:
+    def cancel(self, job_id: str) -> Job | None:
         """A waiting job is cancelled at once; a running one is stopped at a safe point (its
-        run keeps the last checkpoint) and settled as cancelled by the next tick."""
-        with self._lock:
-            if job.status == NEW:
+        run keeps the last checkpoint) and settled as cancelled by the next tick. Returns the
+        job as it is now (None: no such job)."""
+        with self._lock:  # the job as it is now, not as a request read it before the lock
+            job = self.store.get(job_id)
+            if job is not None and job.status == NEW:
                 self.store.update(job.id, status=CANCELLED, error="cancelled before it started")
-            else:
+            elif job is not None and job.status == IN_PROGRESS:
                 self.store.update(job.id, cancel_requested=1)
+            return self.store.get(job_id)
 
     def shutdown(self) -> None:
-        """Stop the loop; stop the running jobs at a safe point and leave them `new`, to
-        resume when the service starts again."""
+        """Stop the loop; stop the running jobs (ours and any followed after a restart) at a
+        safe point and leave them `new`, to resume when the service starts again; a stop
+        for a restart does not count as one of a job's attempts."""
         self._halt.set()
         if self._thread.is_alive():
             self._thread.join()
         with self._lock:
-            for child in self._children.values():
-                _signal(child.pid, signal.SIGTERM)
+            running = self.store.all(IN_PROGRESS)
+            for job in running:
+                if job.pid and (job.id in self._children or _orphan_alive(job)):
+                    _signal(job.pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_GRACE_S
-            for job_id, child in list(self._children.items()):
-                try:
-                    child.wait(max(deadline - time.monotonic(), 0.1))
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-                job = self.store.get(job_id)
-                if job is not None and job.status == IN_PROGRESS and not job.cancel_requested:
-                    self.store.update(job_id, status=NEW, pid=None)
-                elif job is not None:
-                    self._settle(job)
-            self._children.clear()
+            for job in running:
+                child = self._children.pop(job.id, None)
+                if child is not None:
+                    try:
+                        child.wait(max(deadline - time.monotonic(), 0.1))
+                    except subprocess.TimeoutExpired:
+                        child.kill()
+                        child.wait()
+                else:
+                    while _orphan_alive(job) and time.monotonic() < deadline:
+                        time.sleep(POLL_S)
+                self._settle(job, restarting=True)
 
     def _launch(self, job: Job) -> None:
         run_dir = Path(job.run_dir)
@@ -110,7 +121,7 @@ class Scheduler:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # the service's Ctrl-C is not the job's
-                env={**os.environ, "COLUMNS": "1000"},
+                env=job_environment(),
             )
         self._children[job.id] = child
         self.store.update(job.id, status=IN_PROGRESS, pid=child.pid, attempts=job.attempts + 1)
@@ -130,8 +141,10 @@ class Scheduler:
         self._signalled.discard(job.id)
         self._settle(job)
 
-    def _settle(self, job: Job) -> None:
-        """An ended process: the job's outcome from what its run recorded."""
+    def _settle(self, job: Job, *, restarting: bool = False) -> None:
+        """An ended process: the job's outcome from what its run recorded. `restarting`:
+        the service stopped it, so an unfinished run waits (`new`) without using up one of
+        its attempts."""
         run_dir = Path(job.run_dir)
         manifest: dict[str, Any] = {}
         with contextlib.suppress(Exception):
@@ -145,6 +158,9 @@ class Scheduler:
                 "saved": manifest.get("saved"),
             }
             self.store.update(job.id, status=READY, pid=None, result=result, metrics=metrics)
+        elif restarting and status in ("running", "interrupted") and not job.cancel_requested:
+            attempts = max(job.attempts - 1, 0)
+            self.store.update(job.id, status=NEW, pid=None, metrics=metrics, attempts=attempts)
         elif job.cancel_requested:
             self.store.update(
                 job.id,
@@ -190,25 +206,43 @@ def last_error(log: Path) -> str:
     return text.removeprefix("error:").strip()
 
 
+def job_environment() -> dict[str, str]:
+    """A job's environment: the service's, without its token and settings (a job runs the
+    code its spec names), and wide lines for its log."""
+    from inflame.jobs_api.app import SETTINGS_ENV
+    from inflame.serving.settings import SETTINGS_ENV as SERVE_SETTINGS_ENV
+    from inflame.serving.settings import TOKEN_ENV
+
+    hidden = {TOKEN_ENV, SETTINGS_ENV, SERVE_SETTINGS_ENV}
+    return {**{k: v for k, v in os.environ.items() if k not in hidden}, "COLUMNS": "1000"}
+
+
 def _orphan_alive(job: Job) -> bool:
-    """A process from before a restart (not our child): alive while its pid lives and, once
-    it trains, while it holds its run folder's lock."""
+    """A job's process that is not our child (started before a restart): alive while its
+    pid lives and is still that job's `inflame train` (its command line names the job's run
+    folder; a reused pid does not). Without /proc, alive while it holds its run's lock."""
     if not pid_alive(job.pid):
         return False
-    lock = Path(job.run_dir) / LOCK_FILE
-    if not lock.exists():
-        return True  # still starting
+    try:
+        command = Path(f"/proc/{job.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return _holds_lock(Path(job.run_dir))
+    return b"inflame" in command and os.fsencode(job.run_dir) in command
+
+
+def _holds_lock(run_dir: Path) -> bool:
+    lock = run_dir / LOCK_FILE
     try:
         fd = os.open(lock, os.O_RDONLY)
     except OSError:
-        return True
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
         return True  # held: it trains
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return False  # the pid lives but holds no lock: it ended and the pid was reused
+        return False
     finally:
         os.close(fd)
 

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -61,17 +62,23 @@ class ErrorBody(BaseModel):
     images: list[ImageError] | None = None
 
 
-class UploadTooLarge(Exception):
-    """The request body passed the service's upload limit while it was being read."""
-
-
 class Gatekeeper:
     """ASGI middleware in front of every route: the API token (all but the open routes),
-    the upload limit (a body over it is refused with 413, at once when Content-Length says
-    so, else as soon as the bytes read pass it), and each request's count and latency."""
+    the body limit (413, at once when Content-Length says so; a body without one is read
+    up to the limit first, and refused as soon as it passes it), JSON for every error
+    Starlette itself answers, and each request's count and latency."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None, limit: int, metrics: ServiceMetrics):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        limit: int,
+        metrics: ServiceMetrics,
+        too_large: str,
+    ):
         self.app, self.token, self.limit, self.metrics = app, token, limit, metrics
+        self.too_large = too_large
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,10 +94,12 @@ class Gatekeeper:
 
         try:
             refusal = self._refusal(scope)
+            if refusal is None and b"content-length" not in dict(scope["headers"]):
+                receive, refusal = await self._buffered(receive)
             if refusal is not None:
                 await refusal(scope, receive, send_and_note)
             else:
-                await self.app(scope, self._counted(receive), send_and_note)
+                await self.app(scope, receive, send_and_note)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(route, str(status)).inc()
@@ -99,9 +108,9 @@ class Gatekeeper:
     def _refusal(self, scope: Scope) -> Response | None:
         headers = dict(scope["headers"])
         if self.token is not None and scope["path"] not in OPEN_ROUTES:
-            scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                value.strip().encode(), self.token.encode()
+            scheme, _, value = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(
+                value.strip(), self.token.encode("ascii")
             ):
                 self.metrics.errors.labels("unauthorized").inc()
                 response = error_response(
@@ -111,22 +120,39 @@ class Gatekeeper:
                 return response
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            self.metrics.errors.labels("upload_too_large").inc()
-            return error_response(413, upload_too_large(self.limit))
+            return self._too_large()
         return None
 
-    def _counted(self, receive: Receive) -> Receive:
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+    async def _buffered(self, receive: Receive) -> tuple[Receive, Response | None]:
+        """Read a body of unknown length, at most `limit` bytes of it; the app then gets it
+        whole, as one message."""
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise UploadTooLarge(upload_too_large(self.limit))
-            return message
+            if message["type"] != "http.request":
+                return _replay([message], receive), None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return receive, self._too_large()
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        return _replay([whole], receive), None
 
-        return counted
+    def _too_large(self) -> Response:
+        self.metrics.errors.labels("upload_too_large").inc()
+        return error_response(413, self.too_large)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that gives `messages` first, then what `receive` gives."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 def upload_too_large(limit: int) -> str:
@@ -180,8 +206,8 @@ class ModelHolder:
 
 def run_metadata(run_dir: Path) -> dict[str, Any]:
     """What `/metadata` answers: read once, from the run's files, before the model loads."""
+    from inflame.model_files import META_FILE
     from inflame.runs import MANIFEST, read_manifest
-    from inflame.vision import META_FILE
 
     meta = json.loads((run_dir / "model" / META_FILE).read_text(encoding="utf-8"))
     manifest = read_manifest(run_dir) if (run_dir / MANIFEST).is_file() else {}
@@ -201,6 +227,14 @@ def run_metadata(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def add_json_errors(app: FastAPI) -> None:
+    """Starlette's own errors (404, 405, ...) as `{"error": ...}`, as every other error."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
 def invalid_request_response(exc: RequestValidationError) -> JSONResponse:
     """FastAPI's validation errors as one `error` line: each field and what is wrong."""
     problems = "; ".join(
@@ -210,8 +244,10 @@ def invalid_request_response(exc: RequestValidationError) -> JSONResponse:
     return error_response(422, f"Invalid request: {problems}.")
 
 
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -228,6 +264,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     }
     metadata["backend"] = settings.backend
     token = settings.token()
+    decode_slots = asyncio.Semaphore(max(2, os.cpu_count() or 2))  # bounds decoding's memory
+
+    async def _decode_bounded(predictor: Any, name: str, data: bytes) -> Any:
+        async with decode_slots:
+            return await asyncio.to_thread(_decode, predictor, name, data, settings.max_pixels)
 
     async def lifespan(_: FastAPI) -> Any:
         holder.start()
@@ -241,7 +282,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         lifespan=lifespan,
     )
 
-    app.add_middleware(Gatekeeper, token=token, limit=settings.max_upload_bytes, metrics=metrics)
+    app.add_middleware(
+        Gatekeeper,
+        token=token,
+        limit=settings.max_upload_bytes,
+        metrics=metrics,
+        too_large=upload_too_large(settings.max_upload_bytes),
+    )
+    add_json_errors(app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
@@ -307,19 +355,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
             metrics.errors.labels("not_ready").inc()
             message = holder.error or "The model is still loading; retry shortly (see /readyz)."
             return error_response(503, message)
-        try:
-            uploads, refusal = await _read_uploads(request, settings)
-        except UploadTooLarge as exc:
-            metrics.errors.labels("upload_too_large").inc()
-            return error_response(413, str(exc))
+        uploads, refusal = await _read_uploads(request, settings)
         if refusal is not None:
             metrics.errors.labels("bad_request").inc()
             return refusal
         decoded = await asyncio.gather(
-            *(
-                asyncio.to_thread(_decode, holder.predictor, name, data, settings.max_pixels)
-                for name, data in uploads
-            )
+            *(_decode_bounded(holder.predictor, name, data) for name, data in uploads)
         )
         bad = [
             ImageError(image=name, error=result)
@@ -335,7 +376,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 images=[b.model_dump() for b in bad],
             )
         futures = holder.batcher.submit(decoded)  # type: ignore[union-attr]
-        rows = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        try:
+            rows = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except Exception as exc:  # the model failed on this batch (out of memory, ...)
+            log.exception("inflame serve: inference failed")
+            metrics.errors.labels("inference").inc()
+            return error_response(500, f"Inference failed: {type(exc).__name__}: {exc}")
         answers = [
             holder.predictor.answer(name, row, top_k)
             for (name, _), row in zip(uploads, rows, strict=True)
@@ -358,6 +404,10 @@ def _decode(predictor: Any, name: str, data: bytes, max_pixels: int) -> Any:
         return predictor.decode(name, data, max_pixels=max_pixels)
     except UnreadableImage as exc:
         return str(exc)
+    except MemoryError:
+        return f"{name}: too large to decode in the memory this service has"
+    except Exception as exc:  # a decoder's own failure on a malformed file
+        return f"{name}: not a readable image ({type(exc).__name__}: {exc})."
 
 
 async def _read_uploads(

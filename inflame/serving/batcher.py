@@ -29,11 +29,14 @@ class Batcher(Generic[Item, Result]):
     ):
         self.work, self.max_batch, self.max_wait = work, max_batch, max_wait
         self.on_batch = on_batch
+        self.failed: BaseException | None = None  # what ended the worker, if anything did
         self._queue: queue.SimpleQueue[tuple[Item, Future[Result]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="inflame-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, items: Sequence[Item]) -> list[Future[Result]]:
+        if self.failed is not None:
+            raise RuntimeError(f"the batcher stopped: {self.failed!r}")
         futures: list[Future[Result]] = []
         for item in items:
             future: Future[Result] = Future()
@@ -47,6 +50,13 @@ class Batcher(Generic[Item, Result]):
         self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # never silently: whoever waits would wait forever
+            self.failed = exc
+            raise
+
+    def _serve(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -67,6 +77,10 @@ class Batcher(Generic[Item, Result]):
                 return
 
     def _process(self, batch: list[tuple[Item, Future[Result]]]) -> None:
+        # a request that gave up (its future cancelled) is dropped from the batch
+        batch = [(item, future) for item, future in batch if future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         if self.on_batch is not None:
             self.on_batch(len(batch))
         try:

@@ -17,8 +17,8 @@ FACTORY = "inflame.serving.app:app_from_env"
 def check_run(run_dir: Path) -> None:
     """The run must hold a model whose files match what it recorded: refused here, before a
     port is bound, rather than by a service that then cannot answer."""
+    from inflame.model_files import META_FILE, WEIGHTS_FILE
     from inflame.predict import verify_model_files
-    from inflame.vision import META_FILE, WEIGHTS_FILE
 
     model = run_dir / "model"
     if not (model / META_FILE).is_file() or not (model / WEIGHTS_FILE).is_file():
@@ -71,9 +71,13 @@ def serve(settings: ServeSettings, *, log_level: str = "info") -> None:
     settings.check()
     check_run(Path(settings.run_dir))
     if settings.backend == "onnx":
+        from importlib.util import find_spec
+
         from inflame.predict import verify_onnx_export
 
         verify_onnx_export(Path(settings.run_dir))
+        if find_spec("onnxruntime") is None:
+            raise InflameError("--backend onnx needs onnxruntime: `pip install 'inflame[onnx]'`.")
     os.environ[SETTINGS_ENV] = settings.to_env()
     sock = bind(settings.host, settings.port)
     workers = f"{settings.workers} worker{'s' if settings.workers > 1 else ''}"

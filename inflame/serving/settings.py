@@ -87,10 +87,14 @@ def read_token(token_file: str | None) -> str | None:
         if token is None:
             return None
         token, where = token.strip(), f"${TOKEN_ENV}"
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+    if (
+        len(token) < MIN_TOKEN_CHARS
+        or not (token.isascii() and token.isprintable())
+        or (any(c.isspace() for c in token))
+    ):
         raise InflameError(
-            f"The API token in {where} must be at least {MIN_TOKEN_CHARS} characters without "
-            "spaces (e.g. `openssl rand -hex 32`)."
+            f"The API token in {where} must be at least {MIN_TOKEN_CHARS} printable ASCII "
+            "characters without spaces (e.g. `openssl rand -hex 32`)."
         )
     return token
 

@@ -89,6 +89,10 @@ SETTINGS = (
     Setting("max_wait", kind=int, minimum=1),  # spot: default twice the maximum runtime
     Setting("volume_size", 50, kind=int, minimum=1),
     Setting("keep_alive_seconds", kind=int, minimum=0, maximum=21600),
+    # `inflame deploy`: the real-time endpoint
+    Setting("endpoint_instance_type", "ml.m5.large"),
+    Setting("endpoint_instances", 1, kind=int, minimum=1),
+    Setting("inference_image"),  # default: the region's PyTorch inference image
 )
 _STATES = {
     "InProgress": "running",
@@ -237,6 +241,52 @@ def validate_request(request: Mapping[str, Any]) -> None:
     base.refuse_problems("SageMaker request", problems)
 
 
+def pytorch_image(
+    settings: TargetSettings, instance_type: str, scope: str, torch: str, python: str
+) -> str:
+    """The region's AWS PyTorch image for `scope` ("training" or "inference")."""
+    import_sdk("sagemaker", "aws", "sagemaker.core")
+    from sagemaker.core import image_uris
+
+    region = settings["region"]
+    try:
+        return image_uris.retrieve(
+            "pytorch",
+            region=region,
+            version=torch,
+            py_version=python,
+            instance_type=instance_type,
+            image_scope=scope,
+        )
+    except ValueError as exc:
+        key = "image" if scope == "training" else "inference_image"
+        raise settings.fail(
+            "region",
+            f"inflame knows no PyTorch {scope} image for region {region!r} ({exc}). Check the "
+            f"region, or set `{key}` to a {scope} image in that region.",
+        ) from None
+
+
+def checked_instance_type(settings: TargetSettings, key: str, shape: str) -> str:
+    """`settings[key]`, which must be one of the instance types botocore's `shape` lists."""
+    instance_type = settings[key]
+    allowed = _botocore_model().shape_for(shape).enum
+    if instance_type not in allowed:
+        use = "training" if shape == "TrainingInstanceType" else "endpoint"
+        raise settings.fail(
+            key,
+            f"{instance_type!r} is not a SageMaker {use} instance type."
+            f"{did_you_mean(instance_type, allowed)}",
+        )
+    return instance_type
+
+
+def validate_operation(operation: str, request: Mapping[str, Any]) -> None:
+    """Check any SageMaker request against botocore's model of its operation, in full."""
+    shape = _botocore_model().operation_model(operation).input_shape
+    base.refuse_problems("SageMaker request", list(_shape_violations(shape, request, operation)))
+
+
 CHECKS = (
     "botocore's model of CreateTrainingJob, in full: types, required members, lengths, "
     "patterns, enums, list and map sizes",
@@ -281,7 +331,7 @@ def _error_table() -> ErrorTable:
                 "AccessDeniedException": " Check that your identity may call SageMaker and "
                 "pass the job's role (iam:PassRole).",
                 "ResourceLimitExceeded": " Ask AWS for a higher quota of this instance type "
-                "for training (Service Quotas), or pick another type.",
+                "(Service Quotas: training and endpoint usage are separate), or pick another type.",
             }.get(str(error.get("Code")), "")
             return f"AWS said {error.get('Code')}: {error.get('Message')}.{hint}"
         if isinstance(exc, BotoCoreError):
@@ -323,38 +373,14 @@ class SageMaker(Provider):
     # ---- plan ---------------------------------------------------------------------------
 
     def default_image(self, settings: TargetSettings, region: str, instance_type: str) -> str:
-        import_sdk(self.name, self.extra, "sagemaker.core")
-        from sagemaker.core import image_uris
-
-        try:
-            return image_uris.retrieve(
-                "pytorch",
-                region=region,
-                version=IMAGE_TORCH,
-                py_version=IMAGE_PYTHON,
-                instance_type=instance_type,
-                image_scope="training",
-            )
-        except ValueError as exc:
-            raise settings.fail(
-                "region",
-                f"inflame knows no PyTorch training image for region {region!r} ({exc}). "
-                "Check the region, or set `image` to a training image in that region.",
-            ) from None
+        return pytorch_image(settings, instance_type, "training", IMAGE_TORCH, IMAGE_PYTHON)
 
     def plan(self, spec: JobSpec, bundle: Bundle) -> Plan:
         settings = TargetSettings(spec, self.name, SETTINGS)
         for module in ("botocore", "regex"):  # the model check needs them: say which extra
             import_sdk(self.name, self.extra, module)
         region, output = settings["region"], settings["output"].rstrip("/")
-        instance_type = settings["instance_type"]
-        allowed = _botocore_model().shape_for("TrainingInstanceType").enum
-        if instance_type not in allowed:
-            raise settings.fail(
-                "instance_type",
-                f"{instance_type!r} is not a SageMaker training instance type."
-                f"{did_you_mean(instance_type, allowed)}",
-            )
+        instance_type = checked_instance_type(settings, "instance_type", "TrainingInstanceType")
         warnings = base.check_gpus(settings, "instance_type", instance_type, instance_gpus())
         image = settings["image"] or self.default_image(settings, region, instance_type)
         image_torch = "" if settings.given("image") else IMAGE_TORCH

@@ -1,0 +1,1 @@
+"""`inflame deploy`: a trained run as a managed real-time endpoint."""
