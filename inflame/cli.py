@@ -336,7 +336,10 @@ def api(
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free one).")] = 8001,
-    parallel: Annotated[int, typer.Option(help="Jobs that train at once.")] = 1,
+    parallel: Annotated[int, typer.Option(help="Jobs that train here at once.")] = 1,
+    poll_seconds: Annotated[
+        float, typer.Option(help="How often a cloud job's provider is asked for its state.")
+    ] = 30.0,
     token_file: Annotated[
         Path | None,
         typer.Option(help="File holding the API token (else $INFLAME_API_TOKEN); required."),
@@ -352,6 +355,7 @@ def api(
         host=host,
         port=port,
         parallel=parallel,
+        cloud_poll_s=poll_seconds,
         token_file=str(token_file) if token_file else None,
     )
     serve_api(settings)

@@ -17,17 +17,19 @@ from typing import Any
 
 import pytest
 
+from inflame.ledger import Ledger
 from tests.helpers import LiveService, assert_clean_error, run_inflame
 
 TOKEN = "jobs-token-for-tests-0123456789ab"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def start_api(tmp_path: Path) -> LiveService:
+def start_api(tmp_path: Path, *extra: str, **env: str) -> LiveService:
     service = LiveService(
-        ["api", "--root", tmp_path / "api", "--allowed-root", tmp_path],
+        ["api", "--root", tmp_path / "api", "--allowed-root", tmp_path, *extra],
         tmp_path,
         INFLAME_API_TOKEN=TOKEN,
+        **env,
     )
     service.wait_ready()
     return service
@@ -228,3 +230,94 @@ def test_the_scheduler_cancels_what_a_job_is_now_and_a_job_that_cannot_start_is_
         failed = store.get(job.id)
         assert failed.status == "error" and "cannot start its process" in failed.error
     store.close()
+
+
+def test_a_cloud_job_is_submitted_followed_and_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`target = sagemaker`: submitted as `inflame submit` would (to moto on a loopback port,
+    refusing any request that breaks botocore's model), followed through the provider's
+    state, settled as ready; a cancelled one is stopped there."""
+    import boto3
+    from moto.core.responses import ActionResult
+    from moto.sagemaker import models
+    from moto.sagemaker.responses import SageMakerResponse
+    from moto.server import ThreadedMotoServer
+
+    from inflame.targets.sagemaker import validate_request
+    from tests.helpers import write_cloud_spec
+
+    def training_job(name: str) -> Any:
+        return models.sagemaker_backends["123456789012"]["us-east-1"].training_jobs[name]
+
+    lenient = SageMakerResponse.create_training_job
+
+    def strict(self):
+        validate_request(json.loads(self.body))
+        return lenient(self)
+
+    def stop(self):  # moto does not implement StopTrainingJob
+        training_job(self._get_param("TrainingJobName")).training_job_status = "Stopped"
+        return ActionResult({})
+
+    started = models.FakeTrainingJob.__init__
+
+    def running(self, *args: Any, **kwargs: Any) -> None:  # moto completes jobs at once
+        started(self, *args, **kwargs)
+        self.training_job_status = "InProgress"
+
+    monkeypatch.setattr(SageMakerResponse, "create_training_job", strict)
+    monkeypatch.setattr(SageMakerResponse, "stop_training_job", stop, raising=False)
+    monkeypatch.setattr(models.FakeTrainingJob, "__init__", running)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    service = None
+    try:
+        endpoint = "http://{}:{}".format(*server.get_host_and_port())
+        keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
+        s3.create_bucket(Bucket="inflame-jobs")
+        write_cloud_spec(
+            tmp_path / "sm.toml",
+            "cloudy",
+            {"train": "s3://inflame-jobs/data/train", "val": "s3://inflame-jobs/data/val"},
+            "sagemaker",
+            {
+                "role": "arn:aws:iam::123456789012:role/inflame-sagemaker",
+                "region": "us-east-1",
+                "output": "s3://inflame-jobs/inflame",
+            },
+        )
+        service = start_api(
+            tmp_path,
+            "--poll-seconds",
+            "0.2",
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        nowhere = {"spec_path": "sm.toml", "target": "nowhere"}
+        refused = service.client.post("/jobs", json=nowhere, headers=AUTH)
+        assert refused.status_code == 422 and "nowhere" in refused.json()["error"]
+
+        first = submit(service, spec_path="sm.toml", target="sagemaker")
+        seen = wait_for(service, first["id"], lambda j: (j.get("metrics") or {}).get("provider_id"))
+        assert seen["status"] == "in_progress" and "run_dir" not in seen
+        name = seen["metrics"]["provider_id"]
+        assert training_job(name).role_arn.endswith("role/inflame-sagemaker")
+        training_job(name).training_job_status = "Completed"
+        done = wait_for(service, first["id"], lambda j: j["status"] == "ready")
+        assert done["result"]["provider_id"] == name and done["result"]["target"] == "sagemaker"
+        ledger = Ledger(tmp_path / "home" / "ledger.sqlite")
+        assert ledger.get(done["result"]["ledger_id"]).status == "completed"
+
+        second = submit(service, spec_path="sm.toml", target="sagemaker", overrides=["job.seed=4"])
+        wait_for(service, second["id"], lambda j: (j.get("metrics") or {}).get("provider_id"))
+        assert service.client.delete(f"/jobs/{second['id']}", headers=AUTH).status_code == 202
+        ended = wait_for(service, second["id"], lambda j: j["status"] == "cancelled")
+        assert training_job(ended["result"]["provider_id"]).training_job_status == "Stopped"
+    finally:
+        if service is not None:
+            service.stop()
+        server.stop()

@@ -41,7 +41,8 @@ class ApiSettings:
     allowed_root: str  # spec files named by path must lie under it
     host: str = "127.0.0.1"
     port: int = 8001
-    parallel: int = 1  # jobs training at once
+    parallel: int = 1  # jobs training here at once (cloud jobs take no slot)
+    cloud_poll_s: float = 30.0  # how often a cloud job's provider is asked
     token_file: str | None = None
     max_body_kb: int = 256
 
@@ -56,6 +57,8 @@ class ApiSettings:
         """Refuse what no jobs service should run with; return the token."""
         if self.parallel < 1:
             raise InflameError(f"--parallel must be at least 1, got {self.parallel}.")
+        if not self.cloud_poll_s > 0:
+            raise InflameError(f"--poll-seconds must be above 0, got {self.cloud_poll_s}.")
         if not Path(self.allowed_root).is_dir():
             raise InflameError(f"--allowed-root {self.allowed_root} is not a folder.")
         token = read_token(self.token_file)
@@ -77,6 +80,11 @@ class JobRequest(BaseModel):
     overrides: list[str] = Field(
         default_factory=list, description="SECTION.KEY=VALUE values, as `inflame train --set`."
     )
+    target: str = Field(
+        "local",
+        description="`local` (an `inflame train` process here) or a cloud target "
+        "(sagemaker, azure, vertex: as `inflame submit`, with the spec's [targets] settings).",
+    )
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -85,7 +93,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     token = settings.check()
     metrics = ServiceMetrics()
     store = JobStore(root / "jobs.db")
-    scheduler = Scheduler(store, parallel=settings.parallel)
+    scheduler = Scheduler(store, parallel=settings.parallel, cloud_poll_s=settings.cloud_poll_s)
 
     async def lifespan(_: FastAPI) -> Any:
         scheduler.start()
@@ -159,12 +167,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
             spec = folder / "job.toml"
             spec.write_bytes(text)
         try:
-            await asyncio.to_thread(_check_spec, spec, request.overrides)
+            await asyncio.to_thread(_check_spec, spec, request.overrides, request.target)
         except InflameError as exc:
             if request.spec is not None:
                 _remove(folder)
             return error_response(422, str(exc))
-        job = store.create(spec, request.overrides, root, job_id=job_id)
+        job = store.create(spec, request.overrides, root, job_id=job_id, target=request.target)
         return JSONResponse(job.public(), status_code=201, headers={"Location": f"/jobs/{job.id}"})
 
     @app.get("/jobs", summary="Every job, oldest first")
@@ -210,11 +218,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
     return app
 
 
-def _check_spec(spec: Path, overrides: list[str]) -> None:
-    """The spec loads and validates as `inflame train` would load it (no torch)."""
-    from inflame.spec import load_spec
+def _check_spec(spec: Path, overrides: list[str], target: str) -> None:
+    """The spec loads and validates as `inflame train` (no torch) or, for a cloud target,
+    `inflame submit --dry-run` would (offline: the exact request, checked)."""
+    if target == "local":
+        from inflame.spec import load_spec
 
-    load_spec(spec, overrides)
+        load_spec(spec, overrides)
+    else:
+        from inflame.submit import plan_submission
+
+        plan_submission(spec, target, overrides)
 
 
 def _remove(folder: Path) -> None:

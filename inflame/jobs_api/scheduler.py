@@ -27,13 +27,23 @@ from inflame.runlock import LOCK_FILE
 from inflame.runs import MANIFEST, pid_alive, read_manifest, read_metrics
 
 MAX_ATTEMPTS = 3
+CLOUD_POLL_S = 30.0  # how often a cloud job's provider is asked for its state
 POLL_S = 0.5
 STOP_GRACE_S = 120.0  # the platforms' preemption grace; a checkpoint is written well within
 
 
 class Scheduler:
-    def __init__(self, store: JobStore, *, parallel: int = 1, python: str = sys.executable):
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        parallel: int = 1,
+        python: str = sys.executable,
+        cloud_poll_s: float = CLOUD_POLL_S,
+    ):
         self.store, self.parallel, self.python = store, parallel, python
+        self.cloud_poll_s = cloud_poll_s
+        self._polled: dict[str, float] = {}  # cloud job -> when its provider was last asked
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._signalled: set[str] = set()
         self._halt = threading.Event()
@@ -56,8 +66,13 @@ class Scheduler:
         with self._lock:
             for job in self.store.all(IN_PROGRESS):
                 self._follow(job)
-            free = self.parallel - len(self.store.all(IN_PROGRESS))
-            for job in self.store.all(NEW)[: max(free, 0)]:
+            running = self.store.all(IN_PROGRESS)
+            free = self.parallel - sum(job.target == "local" for job in running)
+            for job in self.store.all(NEW):
+                if job.target == "local":  # cloud jobs train elsewhere: they take no slot
+                    if free <= 0:
+                        continue
+                    free -= 1
                 try:
                     self._launch(job)
                 except Exception as exc:  # this job cannot start; the others still can
@@ -75,6 +90,7 @@ class Scheduler:
                 self.store.update(job.id, status=CANCELLED, error="cancelled before it started")
             elif job is not None and job.status == IN_PROGRESS:
                 self.store.update(job.id, cancel_requested=1)
+                self._polled.pop(job.id, None)  # a cloud job: ask its provider at once
             return self.store.get(job_id)
 
     def shutdown(self) -> None:
@@ -85,7 +101,7 @@ class Scheduler:
         if self._thread.is_alive():
             self._thread.join()
         with self._lock:
-            running = self.store.all(IN_PROGRESS)
+            running = [job for job in self.store.all(IN_PROGRESS) if job.target == "local"]
             for job in running:
                 if job.pid and (job.id in self._children or _orphan_alive(job)):
                     _signal(job.pid, signal.SIGTERM)
@@ -104,6 +120,9 @@ class Scheduler:
                 self._settle(job, restarting=True)
 
     def _launch(self, job: Job) -> None:
+        if job.target != "local":
+            self._submit_cloud(job)
+            return
         run_dir = Path(job.run_dir)
         if (run_dir / MANIFEST).is_file():  # started before: continue from its checkpoint
             command = ["train", "--resume", str(run_dir)]
@@ -126,7 +145,76 @@ class Scheduler:
         self._children[job.id] = child
         self.store.update(job.id, status=IN_PROGRESS, pid=child.pid, attempts=job.attempts + 1)
 
+    def _submit_cloud(self, job: Job) -> None:
+        """`inflame submit`, in process: the plan, the ledger record, the provider's job."""
+        from inflame.errors import InflameError
+        from inflame.ledger import Ledger
+        from inflame.submit import plan_submission, submit_plan
+
+        try:
+            plan = plan_submission(job.spec, job.target, job.overrides)
+            record = submit_plan(plan, Ledger())
+        except InflameError as exc:
+            self.store.update(job.id, status=ERROR, error=str(exc))
+            return
+        metrics = {
+            "provider_state": "submitted",
+            "provider_id": record.provider_id,
+            "console_url": record.console_url,
+        }
+        self.store.update(
+            job.id,
+            status=IN_PROGRESS,
+            ledger_id=record.id,
+            attempts=job.attempts + 1,
+            metrics=metrics,
+        )
+        self._polled[job.id] = time.monotonic()
+
+    def _follow_cloud(self, job: Job) -> None:
+        """Every `cloud_poll_s`: the provider's state of a cloud job; settled when it ends."""
+        from inflame.errors import InflameError
+        from inflame.ledger import Ledger
+        from inflame.submit import cancel, refresh
+
+        if time.monotonic() - self._polled.get(job.id, -float("inf")) < self.cloud_poll_s:
+            return
+        self._polled[job.id] = time.monotonic()
+        ledger = Ledger()
+        try:
+            record = ledger.get(job.ledger_id or 0)
+            if job.cancel_requested and job.id not in self._signalled:
+                cancel(record, ledger)
+                self._signalled.add(job.id)
+            state = refresh(record, ledger)
+        except InflameError as exc:  # the provider or the network: asked again next time
+            self.store.update(job.id, metrics={**(job.metrics or {}), "last_error": str(exc)})
+            return
+        info = {
+            "provider_state": state.provider_state,
+            "provider_id": record.provider_id,
+            "console_url": record.console_url,
+        }
+        if not state.terminal:
+            if info != job.metrics:
+                self.store.update(job.id, metrics=info)
+            return
+        self._polled.pop(job.id, None)
+        self._signalled.discard(job.id)
+        result = {**info, "target": job.target, "ledger_id": record.id, "model": state.model_uri}
+        if state.state == "completed":
+            self.store.update(job.id, status=READY, metrics=info, result=result)
+        elif job.cancel_requested:
+            error = f"cancelled; the {job.target} job was stopped"
+            self.store.update(job.id, status=CANCELLED, metrics=info, result=result, error=error)
+        else:
+            error = state.message or f"the {job.target} job ended {state.provider_state}"
+            self.store.update(job.id, status=ERROR, metrics=info, result=result, error=error)
+
     def _follow(self, job: Job) -> None:
+        if job.target != "local":
+            self._follow_cloud(job)
+            return
         child = self._children.get(job.id)
         alive = child.poll() is None if child is not None else _orphan_alive(job)
         if alive:

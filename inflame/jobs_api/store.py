@@ -33,9 +33,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     metrics TEXT,                -- JSON: the last epoch's metrics
     result TEXT,                 -- JSON: run_dir, weights_sha256, saved epoch
-    error TEXT
+    error TEXT,
+    target TEXT NOT NULL DEFAULT 'local',  -- or a cloud target (`inflame submit`)
+    ledger_id INTEGER                      -- a cloud job's id in inflame's job ledger
 )
 """
+_ADDED_COLUMNS = {
+    "target": "TEXT NOT NULL DEFAULT 'local'",
+    "ledger_id": "INTEGER",
+}
 
 
 @dataclass
@@ -54,12 +60,16 @@ class Job:
     metrics: dict[str, Any] | None
     result: dict[str, Any] | None
     error: str | None
+    target: str = "local"
+    ledger_id: int | None = None
 
     def public(self) -> dict[str, Any]:
         """What `GET /jobs/{id}` answers."""
         shown = asdict(self)
         for private in ("pid", "log", "cancel_requested"):
             shown.pop(private)
+        if self.target != "local":
+            shown.pop("run_dir")  # the run lives in the cloud: see `result`
         return {key: value for key, value in shown.items() if value is not None}
 
 
@@ -74,6 +84,10 @@ class JobStore:
         with self._transaction() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS.items():  # a database from an earlier version
+                if name not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -81,14 +95,20 @@ class JobStore:
             yield self._db
 
     def create(
-        self, spec: Path, overrides: list[str], root: Path, *, job_id: str | None = None
+        self,
+        spec: Path,
+        overrides: list[str],
+        root: Path,
+        *,
+        job_id: str | None = None,
+        target: str = "local",
     ) -> Job:
         job_id = job_id or uuid.uuid4().hex[:16]
         now = utc_now()
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO jobs (id, status, created, updated, spec, overrides, run_dir, log)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, status, created, updated, spec, overrides, run_dir, log,"
+                " target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     NEW,
@@ -98,6 +118,7 @@ class JobStore:
                     json.dumps(overrides),
                     str(root / "runs" / job_id),
                     str(root / "jobs" / job_id / "log.txt"),
+                    target,
                 ),
             )
         job = self.get(job_id)
