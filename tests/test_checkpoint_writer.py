@@ -118,3 +118,24 @@ def test_a_write_that_fails_midway_leaves_no_temporary_file(tmp_path: Path, monk
     with pytest.raises(RunError, match="No space left"):
         writer.wait()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_interpreter_waits_for_a_write_in_flight_before_it_exits(tmp_path: Path):
+    """A script that submits a checkpoint and ends at once (no `wait`) still leaves the whole
+    checkpoint on disk: the writer thread is not a daemon the exit would cut off."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from inflame.training.checkpoint import CheckpointWriter, TrainingState\n"
+        "state = TrainingState(epoch=1, model={'w': torch.ones(48_000_000)})\n"
+        "CheckpointWriter().submit(Path(sys.argv[1]), state, keep=1)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = load_checkpoint(tmp_path / "epoch-0001.safetensors")
+    assert torch.equal(loaded.model["w"], torch.ones(48_000_000))

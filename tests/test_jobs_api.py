@@ -149,7 +149,7 @@ def _status_in_db(tmp_path: Path, job_id: str) -> str:
 def test_jobs_survive_a_restart_and_a_crash_of_the_service_and_cancel_stops_them(
     write_spec, tmp_path: Path
 ):
-    write_spec("short.toml", hyperparameters={"epochs": 6})
+    write_spec("short.toml", hyperparameters={"epochs": 4})
     write_spec("long.toml", hyperparameters={"epochs": 60})
     first = start_api(tmp_path)
     try:

@@ -315,16 +315,37 @@ def test_plan_errors_are_precise(sm_spec, tables, fragments):
     assert "sm.toml:" in message  # file and line
 
 
-def test_missing_role_names_the_key_and_the_line(sm_spec):
+@pytest.mark.parametrize("key", ["role", "region", "output"])
+def test_a_missing_required_setting_names_the_key_and_the_line(sm_spec, key):
     path = sm_spec()
     spec = tomlfile.loads(path.read_text())
-    del spec["targets"]["sagemaker"]["role"]
+    del spec["targets"]["sagemaker"][key]
     path.write_text(tomlfile.dumps(spec))
     with pytest.raises(InflameError) as info:
         plan_submission(path, "sagemaker")
     message = " ".join(str(info.value).split())
-    assert "missing required key `targets.sagemaker.role`" in message
+    assert f"missing required key `targets.sagemaker.{key}`" in message
     assert f"{path}:" in message
+
+
+def test_gpu_counts_are_the_documented_ones_and_zero_instances_are_refused(sm_spec):
+    from inflame.targets.sagemaker import instance_gpus
+
+    documented = {  # aws.amazon.com/sagemaker/pricing, accelerated computing
+        "ml.g5.xlarge": 1,
+        "ml.g5.12xlarge": 4,
+        "ml.g5.48xlarge": 8,
+        "ml.p4d.24xlarge": 8,
+        "ml.p5.48xlarge": 8,
+        "ml.p6e-gb200.36xlarge": 4,
+        "ml.m5.xlarge": 0,
+    }
+    table = instance_gpus()
+    assert {name: table[name] for name in documented} == documented
+    request = plan_submission(sm_spec(), "sagemaker").request
+    request["ResourceConfig"]["InstanceCount"] = 0  # botocore's model allows 0 (warm pools)
+    with pytest.raises(InflameError, match=r"ResourceConfig\.InstanceCount: at least 1"):
+        validate_request(request)
 
 
 def _training_job(name: str):

@@ -209,3 +209,24 @@ def test_toml_writer_and_line_finder():
     expected = text.splitlines().index("k = [1, 2.5, true]") + 1
     assert find_line(text, ("targets", "azure", "k")) == expected
     assert find_line(text, ("nope",)) is None
+
+
+def test_durations_down_to_one_second():
+    assert parse_duration("1s") == 1 and parse_duration(1) == 1
+    assert parse_duration("1h30m") == 5400 and parse_duration("2d") == 172800
+    for bad in ("0s", 0, "0h0m", -5):
+        with pytest.raises(ValueError, match="positive"):
+            parse_duration(bad)
+
+
+def test_tracking_is_off_unless_asked_and_an_mlflow_experiment_needs_a_name(tmp_path: Path):
+    spec = tmp_path / "job.toml"
+    base = '[job]\nname = "t"\napp = "fowl_classifier"\n'
+    spec.write_text(base)
+    loaded = load_spec(spec)
+    assert loaded.tracking.tensorboard is False and loaded.tracking.mlflow is None
+    spec.write_text(base + '[tracking]\nmlflow_experiment = "birds"\n')
+    assert load_spec(spec).tracking.mlflow_experiment == "birds"
+    spec.write_text(base + '[tracking]\nmlflow_experiment = "  "\n')
+    with pytest.raises(SpecError, match="`mlflow_experiment` is empty"):
+        load_spec(spec)

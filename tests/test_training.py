@@ -169,7 +169,11 @@ def test_an_optimizer_state_of_tensors_and_plain_values_comes_back_whole(tmp_pat
     counter, a flag) is split across the tensor file and the JSON, and merged on load."""
     average = torch.arange(4.0)
     optimizer = {
-        "state": {0: {"step": 3, "exp_avg": average}, 1: {"frozen": True}, 2: {"buf": average}},
+        "state": {
+            0: {"step": 3, "exp_avg": average},
+            1: {"frozen": True},
+            2: {"buf": average, "momentum.buffer": average * 2},  # a key with a dot
+        },
         "param_groups": [{"params": [0, 1, 2], "lr": 0.1}],
     }
     state = TrainingState(epoch=1, model={"w": torch.ones(2)}, optimizer=optimizer)
@@ -180,6 +184,7 @@ def test_an_optimizer_state_of_tensors_and_plain_values_comes_back_whole(tmp_pat
     assert loaded["state"][1] == {"frozen": True} and torch.equal(
         loaded["state"][2]["buf"], average
     )
+    assert torch.equal(loaded["state"][2]["momentum.buffer"], average * 2)
 
 
 def test_a_checkpoint_from_a_newer_format_is_refused_not_misread(tmp_path: Path):

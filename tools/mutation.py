@@ -157,6 +157,20 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "how many images go through the model at once changes no answer: in eval mode each "
         "image's output depends on that image only"
     ),
+    ("predict", "batch_size: int = 32,", "(31)"): (
+        "how many images go through the model at once changes no answer (as for 33)"
+    ),
+    ("runlock", "raw = os.read(fd, 65536)", "(65535)"): (
+        "the holder record is a short JSON line (pid, host, time, command): far below either size"
+    ),
+    (
+        "loop",
+        "optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]",
+        "(False)",
+    ): (
+        "zeroed and absent gradients give the same step for every parameter that gets a "
+        "gradient each step, which is every trainable one in fit; None only saves memory"
+    ),
     ("spec", "spot: bool = False", "(True)"): (
         "ComputeSection is built in one place, with every field given: the defaults are never used"
     ),

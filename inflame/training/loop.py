@@ -56,11 +56,6 @@ class _EpochStats:
     seen: int = 0
     seconds: float = 0.0
 
-    def add(self, loss: float, correct: int, n: int) -> None:
-        self.loss_sum += loss * n
-        self.correct += correct
-        self.seen += n
-
     @property
     def loss(self) -> float:
         return self.loss_sum / max(self.seen, 1)

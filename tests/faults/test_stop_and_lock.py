@@ -245,3 +245,12 @@ def test_a_cloud_job_process_that_stopped_exits_quietly(monkeypatch, capsys, sto
     assert exited.value.code == code
     err = capsys.readouterr().err
     assert err.startswith("inflame: stopped (SIGTERM arrived") and "Traceback" not in err
+
+
+def test_a_lock_file_in_folders_that_do_not_exist_yet(tmp_path: Path):
+    """`locked` (the sweep study's and the decode cache's lock) makes the folders it needs."""
+    from inflame.runlock import locked
+
+    path = tmp_path / "a" / "b" / "study.db.lock"
+    with locked(path):
+        assert path.is_file()
