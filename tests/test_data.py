@@ -144,3 +144,17 @@ def test_split_into_a_new_nested_folder_or_onto_a_file(tmp_path: Path):
     with pytest.raises(DataError, match="already exists and is not empty"):
         split_dataset(tmp_path / "raw", tmp_path / "a-file", (0.6, 0.2, 0.2), seed=1)
     assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_split_without_a_seed_is_the_clis_default_seed_0(tmp_path: Path):
+    """A library call without `seed` gives the split `inflame split` gives without --seed."""
+    make_demo_dataset(tmp_path / "all", per_class=9, image_size=16, seed=2)
+    split_dataset(tmp_path / "all", tmp_path / "default", [0.5, 0.5])
+    split_dataset(tmp_path / "all", tmp_path / "zero", [0.5, 0.5], seed=0)
+    split_dataset(tmp_path / "all", tmp_path / "one", [0.5, 0.5], seed=1)
+
+    def members(root: Path) -> list[str]:
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+
+    assert members(tmp_path / "default") == members(tmp_path / "zero")
+    assert members(tmp_path / "default") != members(tmp_path / "one")

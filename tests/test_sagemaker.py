@@ -456,6 +456,19 @@ def test_submit_status_logs_and_cancel_against_strict_moto(aws, sm_spec, tmp_pat
     assert refresh(record, ledger).state == "stopping"
 
 
+def test_a_finished_job_does_not_block_the_same_spec(aws, sm_spec, tmp_path):
+    """Only jobs still in flight count as duplicates: once the provider says the job ended,
+    the same spec and code go again without --again."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    first = submit_plan(plan_submission(sm_spec(), "sagemaker"), ledger)
+    for ended in ("Completed", "Failed", "Stopped"):
+        _training_job(first.provider_id).training_job_status = ended
+        again = submit_plan(plan_submission(sm_spec(), "sagemaker"), ledger)
+        assert again.provider_id != first.provider_id
+        _training_job(again.provider_id).training_job_status = ended
+    assert len(ledger.all()) == 4
+
+
 def test_transient_errors_are_retried_for_reads_only(aws, sm_spec, tmp_path, monkeypatch):
     from botocore.client import BaseClient
     from botocore.exceptions import ClientError
