@@ -133,3 +133,29 @@ def test_the_tracking_uri_is_checked(write_spec, uri, says):
     with pytest.raises(SpecError) as caught:
         load_spec(write_spec(tracking={"mlflow": uri}))
     assert says in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_a_downloaded_cloud_run_is_logged_here_when_its_spec_asks(finished_run, tmp_path: Path):
+    """A cloud job cannot reach this machine's tracking URI, so `download` logs the run from
+    here; a run whose spec asks for no MLflow is left alone."""
+    import shutil
+
+    from inflame.submit import _log_to_mlflow
+
+    untracked = tmp_path / "untracked"
+    shutil.copytree(finished_run, untracked)
+    _log_to_mlflow(untracked)
+    assert "tracking" not in json.loads((untracked / "manifest.json").read_text())
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = tomlfile.loads((run / "spec.toml").read_text())
+    spec["tracking"] = {"mlflow": uri}
+    (run / "spec.toml").write_text(tomlfile.dumps(spec))
+    _log_to_mlflow(run)
+    record = json.loads((run / "manifest.json").read_text())["tracking"]["mlflow"]
+    logged = MlflowClient(uri).get_run(record["run_id"])
+    assert logged.data.tags["inflame.run_dir"] == str(run.absolute())
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert logged.data.tags["inflame.weights_sha256"] == manifest["weights_sha256"]

@@ -91,6 +91,7 @@ def _header(payload: bytes) -> bytes:
     [
         b"",
         b"\x01\x02",
+        b"\x02\0\0\0\0\0\0",  # 7 bytes: one short of the header's length field
         struct.pack("<Q", 10**9) + b"{}",  # a header longer than the file
         _header(b"not json"),
         _header(b"[1, 2]"),
