@@ -6,10 +6,11 @@ in-process, as ratios measured in one run.
 
 Trains the tiny run of cli_startup.py (1 epoch, 32 px) in a temp dir, starts `inflame serve`
 on a free loopback port, and sends one-image `POST /predict` requests from N client threads
-(httpx, a connection each). The baseline is the same images labelled one at a time in this
-process (decode + forward pass, no HTTP). Reported per case: requests/s, p50 and p99
-latency, and requests/s as a ratio of the in-process baseline; the service's batch-size
-histogram (`/metrics`) shows how often concurrent requests shared a forward pass.
+(httpx with TCP_NODELAY, a kept-alive connection each). The baseline is the same images
+labelled one at a time in this process (decode + forward pass, no HTTP). Reported per
+case: requests/s, p50 and p99 latency, and requests/s as a ratio of the in-process
+baseline; the service's batch-size histogram (`/metrics`) shows how often concurrent
+requests shared a forward pass.
 """
 
 from __future__ import annotations
@@ -63,17 +64,29 @@ def start_service(run: Path, backend: str, env: dict[str, str]) -> tuple[Any, st
     return process, holder["url"]
 
 
+def client(url: str) -> Any:
+    """An HTTP client as browsers and urllib3 are: TCP_NODELAY on (httpx leaves Nagle on, and
+    a kept-alive connection then waits ~40 ms for a delayed ACK on every request)."""
+    import socket
+
+    import httpx
+
+    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    return httpx.Client(
+        base_url=url, timeout=60, transport=httpx.HTTPTransport(socket_options=nodelay)
+    )
+
+
 def load(
     url: str, payloads: list[tuple[str, bytes]], clients: int, requests: int
 ) -> tuple[float, list[float]]:
     """`requests` one-image predictions from `clients` threads: requests/s and latencies."""
-    import httpx
 
     local = threading.local()
 
     def one(i: int) -> float:
         if not hasattr(local, "client"):
-            local.client = httpx.Client(base_url=url, timeout=60)
+            local.client = client(url)
         name, data = payloads[i % len(payloads)]
         start = time.perf_counter()
         answer = local.client.post("/predict", files=[("files", (name, data))])

@@ -378,3 +378,23 @@ def test_the_onnx_backend_serves_the_same_answers(
                 assert a["probability"] == pytest.approx(b["probability"], abs=2e-4)
     finally:
         service.stop()
+
+
+def test_the_listening_socket_says_tcp_so_responses_are_not_delayed():
+    """asyncio turns Nagle off (TCP_NODELAY) only on sockets whose protocol says TCP; with
+    proto 0, every response on a kept-alive connection waited ~40 ms for a delayed ACK
+    (benchmarks/serve_load.py: 17 instead of 66 requests/s for one client)."""
+    import socket
+
+    from inflame.serving.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(sock.getsockname()[:2])
+        accepted, _ = sock.accept()
+        assert accepted.proto == socket.IPPROTO_TCP
+        accepted.close()
+        client.close()
+    finally:
+        sock.close()
