@@ -19,7 +19,7 @@ import hashlib
 import io
 import re
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -175,6 +175,26 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, executable: bool = False)
     tar.addfile(info, io.BytesIO(data))
 
 
+def deterministic_targz(
+    members: dict[str, bytes],
+    *,
+    executable: Callable[[str], bool] = lambda name: False,
+    compresslevel: int = 9,
+) -> bytes:
+    """A tar.gz of `members` (name -> bytes) that depends on nothing else: sorted entries,
+    fixed mtimes, owners and modes, no timestamp in the gzip header."""
+    raw = io.BytesIO()
+    with (
+        gzip.GzipFile(
+            fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=compresslevel
+        ) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name in sorted(members):
+            _add(tar, name, members[name], executable=executable(name))
+    return raw.getvalue()
+
+
 def inflame_source_files() -> list[tuple[str, Path]]:
     """inflame's own package files, as (archive name under vendor/, path)."""
     package_root = Path(inflame.__file__).parent
@@ -220,14 +240,7 @@ def build_bundle(
     members["entry.sh"] = ENTRY_SCRIPT.read_bytes()
     members["spec.toml"] = spec_toml.encode()
 
-    raw = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=9) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for name in sorted(members):
-            _add(tar, name, members[name], executable=name.endswith(".sh"))
-    data = raw.getvalue()
+    data = deterministic_targz(members, executable=lambda name: name.endswith(".sh"))
     warnings = []
     if (app_folder / "requirements.txt").is_file():
         warnings.append(

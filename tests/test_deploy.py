@@ -183,7 +183,7 @@ def test_deploy_lists_and_undeploys_against_strict_moto(strict_aws, run: Path, t
     assert config["ProductionVariants"][0]["InstanceType"] == "ml.m5.large"
     assert sm.describe_endpoint(EndpointName=plan.name)["EndpointConfigName"] == plan.name
 
-    listed = run_listing(ledger)
+    listed = ledger.deployments()
     assert [(r.name, r.run) for r in listed] == [(plan.name, str(run))]
     current = refresh(listed[0], ledger)
     assert current.status == "in_service"  # what moto reports at once
@@ -199,10 +199,6 @@ def test_deploy_lists_and_undeploys_against_strict_moto(strict_aws, run: Path, t
     assert ledger.deployments() == [] and ledger.deployments(include_deleted=True)[0].status == (
         "deleted"
     )
-
-
-def run_listing(ledger: Ledger) -> list:
-    return ledger.deployments()
 
 
 def test_a_failed_deploy_leaves_nothing_behind(

@@ -4,15 +4,12 @@ tar.gz (same run, same bytes, same hash)."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from inflame.model_files import META_FILE, WEIGHTS_FILE
-from inflame.packaging import _add, inflame_source_files, vendored_files
+from inflame.packaging import deterministic_targz, inflame_source_files, vendored_files
 from inflame.predict import verify_model_files
 
 
@@ -34,12 +31,5 @@ def build_archive(run_dir: Path, handler: Path, handler_name: str, code: str) ->
     members[handler_name] = handler.read_bytes()
     for name, path in [*inflame_source_files(), *vendored_files()]:
         members[f"{code}/{name.removeprefix('vendor/')}"] = path.read_bytes()
-    raw = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=6) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for name in sorted(members):
-            _add(tar, name, members[name])
-    data = raw.getvalue()
+    data = deterministic_targz(members, compresslevel=6)
     return Archive(data=data, sha256=hashlib.sha256(data).hexdigest(), files=tuple(sorted(members)))

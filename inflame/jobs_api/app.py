@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
@@ -22,12 +21,7 @@ from inflame import __version__
 from inflame.errors import InflameError
 from inflame.jobs_api.scheduler import Scheduler
 from inflame.jobs_api.store import CANCELLED, FINAL, STATUSES, JobStore
-from inflame.serving.app import (
-    Gatekeeper,
-    add_json_errors,
-    error_response,
-    invalid_request_response,
-)
+from inflame.serving.app import add_service_basics, error_response
 from inflame.serving.metrics import ServiceMetrics
 from inflame.serving.settings import read_token
 
@@ -108,32 +102,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     limit = settings.max_body_kb * 1024
-    app.add_middleware(
-        Gatekeeper,
+    add_service_basics(
+        app,
         token=token,
         limit=limit,
-        metrics=metrics,
         too_large=f"The request is larger than this service's limit of {limit:,} bytes.",
+        metrics=metrics,
     )
-    add_json_errors(app)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
-        metrics.errors.labels("bad_request").inc()
-        return invalid_request_response(exc)
-
-    @app.get("/healthz", summary="The service is up")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
     @app.get("/readyz", summary="The service takes jobs")
     async def readyz() -> dict[str, str]:
         return {"status": "ready"}
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def get_metrics() -> Response:
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
 
     @app.post("/jobs", status_code=201, summary="Submit a training job")
     async def submit(request: JobRequest) -> Response:

@@ -227,21 +227,34 @@ def run_metadata(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def add_json_errors(app: FastAPI) -> None:
-    """Starlette's own errors (404, 405, ...) as `{"error": ...}`, as every other error."""
+def add_service_basics(
+    app: FastAPI, *, token: str | None, limit: int, too_large: str, metrics: ServiceMetrics
+) -> None:
+    """What every inflame service has: the `Gatekeeper` (token, body limit, request metrics),
+    JSON for Starlette's own errors and for invalid requests, `/healthz` and `/metrics`."""
+    app.add_middleware(Gatekeeper, token=token, limit=limit, metrics=metrics, too_large=too_large)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> Response:
         return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        metrics.errors.labels("bad_request").inc()
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'][1:]) or 'body'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        return error_response(422, f"Invalid request: {problems}.")
 
-def invalid_request_response(exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's validation errors as one `error` line: each field and what is wrong."""
-    problems = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc'][1:]) or 'body'}: {error['msg']}"
-        for error in exc.errors()
-    )
-    return error_response(422, f"Invalid request: {problems}.")
+    @app.get("/healthz", summary="The service is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", summary="Prometheus metrics of this (worker) process")
+    async def get_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
 
 def error_response(
@@ -282,23 +295,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
         lifespan=lifespan,
     )
 
-    app.add_middleware(
-        Gatekeeper,
+    add_service_basics(
+        app,
         token=token,
         limit=settings.max_upload_bytes,
-        metrics=metrics,
         too_large=upload_too_large(settings.max_upload_bytes),
+        metrics=metrics,
     )
-    add_json_errors(app)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
-        metrics.errors.labels("bad_request").inc()
-        return invalid_request_response(exc)
-
-    @app.get("/healthz", summary="The service is up")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
     @app.get("/readyz", summary="The model is loaded and predictions can be made")
     async def readyz() -> Response:
@@ -310,11 +313,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/metadata", summary="The run, its classes, preprocessing and weights digest")
     async def get_metadata() -> dict[str, Any]:
         return metadata
-
-    @app.get("/metrics", summary="Prometheus metrics of this worker process")
-    async def get_metrics() -> Response:
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
 
     @app.post(
         "/predict",
