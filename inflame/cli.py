@@ -36,12 +36,18 @@ cache_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(cache_app, name="cache")
+label_app = typer.Typer(help="Bring newly labelled images into a training set.")
+app.add_typer(label_app, name="label")
 
 Overrides = Annotated[
     list[str] | None,
     typer.Option(
         "--set", "-s", metavar="SECTION.KEY=VALUE", help="Override a spec value (repeatable)."
     ),
+]
+Backend = Annotated[
+    str,
+    typer.Option(help="`torch`, or `onnx`: the run's ONNX export on onnxruntime, no torch."),
 ]
 RunsDir = Annotated[
     Path | None,
@@ -109,6 +115,13 @@ def train(
             help="Continue a run (directory, name, or `latest`) from its last checkpoint."
         ),
     ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Warm start: begin from a finished run's weights (directory, name or `latest`).",
+        ),
+    ] = None,
     runs_dir: RunsDir = None,
     nproc_per_node: Annotated[
         int | None,
@@ -138,6 +151,7 @@ def train(
         resume=resume,
         runs_root=runs_dir,
         nproc_per_node=nproc_per_node,
+        init_from=init_from,
     )
     _print_train_summary(result.run_dir, result.manifest)
     print(result.run_dir)
@@ -210,10 +224,7 @@ def predict(
         int | None, typer.Option("--top-k", "-k", help="Also list the K most likely labels.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    backend: Annotated[
-        str,
-        typer.Option(help="`torch`, or `onnx`: the run's ONNX export on onnxruntime, no torch."),
-    ] = "torch",
+    backend: Backend = "torch",
     runs_dir: RunsDir = None,
 ) -> None:
     """Label images with a trained run: one JSON object per image per line."""
@@ -231,6 +242,145 @@ def predict(
     if failed:
         print(f"{failed} of {total} input(s) could not be labelled", file=sys.stderr)
         raise typer.Exit(1)
+
+
+@app.command()
+def query(
+    run: Annotated[
+        str, typer.Argument(help="Run directory, run name, or `latest`.", show_default=False)
+    ],
+    pool: Annotated[
+        Path, typer.Option("--pool", help="A folder of unlabelled images (searched recursively).")
+    ],
+    k: Annotated[int, typer.Option("--k", help="How many images to select.")] = 100,
+    strategy: Annotated[
+        str, typer.Option(help="entropy, margin, least_confidence or random.")
+    ] = "entropy",
+    copy_to: Annotated[
+        Path | None,
+        typer.Option(
+            "--copy-to", help="Copy the selected images here, in folders named by the guess."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Where query.csv and query.json go (default: RUN/queries/…)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The random strategy's seed.")] = 0,
+    backend: Backend = "torch",
+    runs_dir: RunsDir = None,
+) -> None:
+    """Rank an unlabelled pool by how unsure the run's model is: the images to label next."""
+    import time
+
+    from inflame.active.query import QUERY_CSV, query_pool, write_query
+    from inflame.predict import load_predictor
+    from inflame.runs import resolve_run
+
+    run_dir = resolve_run(run, runs_dir)
+    predictor = load_predictor(run_dir, backend)
+    ranked = query_pool(predictor, run_dir, pool, strategy=strategy, k=k, seed=seed)
+    out = out or run_dir / "queries" / f"{time.strftime('%Y%m%d-%H%M%S')}-{strategy}"
+    copied = write_query(ranked, out, copy_to)
+    console = _stderr()
+    record = ranked.record
+    console.print(
+        f"scored {record['scored']} of {record['pool_images']} images of {pool} "
+        f"({record['skipped']} unreadable); the {record['k']} most worth labelling by "
+        f"{strategy}:",
+        soft_wrap=True,
+    )
+    for row in ranked.selected()[:10]:
+        console.print(
+            f"  {row['rank']:>4}  {row['score']:.4f}  {row['predicted_label']} "
+            f"({row['probability']:.2f})  {row['image']}",
+            soft_wrap=True,
+        )
+    if copied:
+        console.print(f"copied {len(copied)} images to {copy_to}, in folders named by the guess")
+    print(out / QUERY_CSV)
+
+
+@label_app.command("import")
+def label_import(
+    source: Annotated[
+        Path, typer.Argument(help="Labelled images: SRC/<class>/<image>.", show_default=False)
+    ],
+    into: Annotated[Path, typer.Option("--into", help="The training set (TRAIN/<class>/).")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be added; copy nothing.")
+    ] = False,
+) -> None:
+    """Merge labelled class folders into a training set: duplicates (by content) refused,
+    nothing overwritten, a provenance record kept."""
+    from inflame.active.labels import PROVENANCE, import_labels
+
+    result = import_labels(source, into, dry_run=dry_run)
+    console = _stderr()
+    verb = "would add" if dry_run else "added"
+    for name, files in sorted(result.added.items()):
+        new = " (new class)" if name in result.new_classes else ""
+        console.print(f"{verb} {len(files)} to {name}{new}")
+    for item in result.duplicates:
+        console.print(
+            f"refused {item['file']}: the same image as {item['same_as']}", soft_wrap=True
+        )
+    for item in result.refused:
+        console.print(f"refused {item['file']}: {item['error']}", soft_wrap=True)
+    total = sum(len(files) for files in result.added.values())
+    console.print(
+        f"{verb} {total} image(s) to {into}"
+        + ("" if dry_run or not total else f"; provenance in {into / PROVENANCE}")
+    )
+    print(json.dumps(result.record["added"]))
+
+
+@app.command()
+def loop(
+    spec: Annotated[Path, typer.Argument(help="Job spec (TOML).", show_default=False)],
+    pool: Annotated[Path, typer.Option("--pool", help="Unlabelled images to query from.")],
+    oracle: Annotated[
+        Path,
+        typer.Option("--oracle", help="The same images in class folders: the true labels."),
+    ],
+    rounds: Annotated[int, typer.Option("--rounds", help="Query-label-retrain rounds.")] = 3,
+    k: Annotated[int, typer.Option("--k", help="Images labelled per round.")] = 100,
+    strategy: Annotated[
+        str, typer.Option(help="entropy, margin, least_confidence or random.")
+    ] = "entropy",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The loop's folder (default: loops/…).")
+    ] = None,
+    overrides: Overrides = None,
+    seed: Annotated[int, typer.Option(help="The random strategy's seed.")] = 0,
+) -> None:
+    """Active learning: train, query the pool, label from the oracle, retrain from the last
+    model; writes the learning curve (curve.csv, curve.png)."""
+    from inflame.allocator import reexec_with_allocator
+
+    reexec_with_allocator()
+    from inflame.active.loop import CURVE_CSV, run_loop
+
+    folder, rows = run_loop(
+        spec,
+        pool=pool,
+        oracle=oracle,
+        rounds=rounds,
+        k=k,
+        strategy=strategy,
+        out=out,
+        overrides=overrides or [],
+        seed=seed,
+    )
+    console = _stderr()
+    for row in rows:
+        accuracy = "-" if row["val_accuracy"] is None else f"{row['val_accuracy']:.3f}"
+        console.print(
+            f"round {row['round']}: {row['labelled']} labelled images, val_accuracy {accuracy}"
+        )
+    print(folder / CURVE_CSV)
 
 
 @app.command("eval")
@@ -366,7 +516,7 @@ def deploy(
     run: Annotated[
         str, typer.Argument(help="Run directory, run name, or `latest`.", show_default=False)
     ],
-    target: Annotated[str, typer.Option("--target", "-t", help="sagemaker.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="azure, sagemaker or vertex.")],
     overrides: Overrides = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the exact requests; send nothing.")
@@ -818,7 +968,7 @@ def runs_show(
     from rich.console import Console
     from rich.table import Table
 
-    from inflame.runs import read_manifest, read_metrics, resolve_run, run_status
+    from inflame.runs import lineage, read_manifest, read_metrics, resolve_run, run_status
 
     run_dir = resolve_run(run, runs_dir)
     manifest = read_manifest(run_dir)
@@ -846,6 +996,15 @@ def runs_show(
         rows.append((f"  {name}", f"{item['file_count']} files  {item['fingerprint']}"))
     rows.append(("hyperparameters", json.dumps(manifest.get("hyperparameters", {}))))
     rows.append(("weights sha256", manifest.get("weights_sha256") or "-"))
+    for generation, parent in enumerate(lineage(run_dir), start=1):
+        note = {"ok": "", "missing": "  (gone)", "changed": "  (its weights changed since)"}
+        rows.append(
+            (
+                "parent" if generation == 1 else f"  parent^{generation}",
+                f"{parent['run']}  weights {str(parent['weights_sha256'])[:12]}"
+                + note[parent["state"]],
+            )
+        )
     env = manifest.get("environment", {})
     rows.append(
         (
@@ -1185,4 +1344,5 @@ def main() -> None:
 def _print_error(message: str) -> None:
     from rich.markup import escape
 
-    _stderr().print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=False)
+    # soft wrap: the terminal wraps the paragraph; no newline ever splits a path or a command
+    _stderr().print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)

@@ -50,6 +50,7 @@ from inflame.runtime import (
     distributed_ranks,
     local_context,
     metrics_log,
+    parent_model,
     require_local_data,
     require_trackers,
 )
@@ -412,14 +413,36 @@ def train_local(
     runs_root: Path | None = None,
     argv: Sequence[str] | None = None,
     nproc_per_node: int | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Run the spec's app here (in `nproc_per_node` DDP processes when > 1); return the run
-    directory and its final manifest. The run folder is locked (`RunLock`) from before its
-    first write until the run ends."""
+    directory and its final manifest. With `init_from` (a finished run), the app starts from
+    that run's weights, and the manifest names it as the parent. The run folder is locked
+    (`RunLock`) from before its first write until the run ends."""
     with ExitStack() as held:
         return _train_local(
-            held, spec_path, overrides, run_dir, resume, runs_root, argv, nproc_per_node
+            held, spec_path, overrides, run_dir, resume, runs_root, argv, nproc_per_node, init_from
         )
+
+
+def parent_record(init_from: str | Path, runs_root: Path) -> dict[str, Any]:
+    """The manifest's `parent` for a warm start from a finished run (its model verified)."""
+    from inflame.predict import verify_model_files
+
+    parent = resolve_run(init_from, runs_root)
+    found = read_manifest(parent)
+    if found.get("status") != "completed":
+        raise RunError(
+            f"--init-from {parent} is {found.get('status')}, not completed: a warm start "
+            "begins from a finished run's model."
+        )
+    verify_model_files(parent)
+    return {
+        "run": str(parent.resolve()),
+        "job": found.get("job", {}).get("name"),
+        "weights_sha256": found.get("weights_sha256"),
+        "parent": (found.get("parent") or {}).get("run"),  # the lineage, one step further
+    }
 
 
 def _train_local(
@@ -431,8 +454,15 @@ def _train_local(
     runs_root: Path | None,
     argv: Sequence[str] | None,
     nproc_per_node: int | None,
+    init_from: str | Path | None,
 ) -> TrainResult:
     runs_root = runs_root or default_runs_root()
+    if init_from is not None and resume is not None:
+        raise InflameError(
+            "--init-from starts a new run from another run's weights; --resume continues a "
+            "run (which keeps the parent it started from). Give one of them."
+        )
+    parent = parent_record(init_from, runs_root) if init_from is not None else None
     previous: dict[str, Any] | None = None
     resume_dir: Path | None = None
     if resume is not None:
@@ -491,6 +521,8 @@ def _train_local(
             held.enter_context(RunLock(target))
         spec_dir = spec.folder
         manifest = _new_manifest(spec, app, data, overrides, argv)
+        if parent is not None:
+            manifest["parent"] = parent
         (target / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")
 
     hint = f"continue it with `inflame train --local --resume {target}`"
@@ -499,6 +531,7 @@ def _train_local(
             return _execute_torchrun(target, spec_dir, manifest, nproc_per_node, hint)
         ctx = local_context(spec, spec.hyperparameters, target)
         ctx.spec_dir = spec_dir
+        ctx.init_from = parent_model(target, manifest)  # not on disk yet for a new run
         return _execute(app, ctx, target, manifest, hint)
     except InflameError as exc:
         if resume_dir is None and not isinstance(exc, RunInterrupted):

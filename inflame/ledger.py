@@ -246,9 +246,11 @@ class Ledger:
             return int(cursor.lastrowid)
 
     def update_deployment(self, deployment_id: int, **fields: Any) -> None:
-        unknown = set(fields) - {"status", "console_url", "error"}
+        unknown = set(fields) - {"status", "console_url", "error", "locator"}
         if unknown:
             raise ValueError(f"unknown ledger fields: {unknown}")
+        if "locator" in fields:
+            fields["locator"] = json.dumps(fields["locator"])
         fields["updated_at"] = utc_now()
         assignments = ", ".join(f"{key} = ?" for key in fields)
         with self._connect() as db:

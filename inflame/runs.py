@@ -234,3 +234,31 @@ def resolve_run(ref: str | Path, root: Path | None = None) -> Path:
         f"Run {ref} not found: no {MANIFEST} in {path} or {root / path}. "
         "`inflame runs` lists the runs."
     )
+
+
+def lineage(run_dir: Path, limit: int = 100) -> list[dict[str, Any]]:
+    """The runs `run_dir` was warm-started from (`inflame train --init-from`), parent first:
+    {"run", "job", "weights_sha256", "state"} each, followed through their manifests until a
+    run without a parent. state: "ok"; "missing" (the folder is gone: the chain ends there);
+    "changed" (its weights are not those its child started from)."""
+    chain: list[dict[str, Any]] = []
+    seen = {str(Path(run_dir).resolve())}
+    parent = read_manifest(run_dir).get("parent") or {}
+    while parent and len(chain) < limit and parent.get("run") not in seen:
+        seen.add(parent["run"])
+        try:
+            found = read_manifest(Path(parent["run"]))
+        except RunError:
+            chain.append({**parent, "state": "missing"})
+            break
+        same = found.get("weights_sha256") == parent.get("weights_sha256")
+        chain.append(
+            {
+                "run": parent["run"],
+                "job": found.get("job", {}).get("name"),
+                "weights_sha256": parent.get("weights_sha256"),
+                "state": "ok" if same else "changed",
+            }
+        )
+        parent = found.get("parent") or {}
+    return chain

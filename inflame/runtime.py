@@ -186,6 +186,9 @@ class Context:
     recorded_inputs: dict[str, dict[str, str]] = field(default_factory=dict)
     performance: Performance = field(default_factory=Performance)  # [compute] speed switches
     records: dict[str, Any] = field(default_factory=dict)  # for the manifest (see `record`)
+    # a warm start (`inflame train --init-from RUN`): the parent run's model folder, set only
+    # while the run has no checkpoint of its own; apps load it with inflame.vision.warm_start
+    init_from: Path | None = None
 
     @property
     def is_main(self) -> bool:
@@ -302,6 +305,20 @@ def require_trackers(spec: JobSpec) -> None:
         )
 
 
+def parent_model(run_dir: Path, manifest: Mapping[str, Any] | None = None) -> Path | None:
+    """The model folder a run warm-starts from (its manifest's `parent`), or None: no
+    parent, or the run has a checkpoint of its own to resume from."""
+    if manifest is None:
+        from inflame.runs import MANIFEST
+
+        path = run_dir / MANIFEST
+        manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    parent = manifest.get("parent")
+    if not parent or any((run_dir / "checkpoints").glob("epoch-*.safetensors")):
+        return None
+    return Path(parent["run"]) / "model"
+
+
 def local_context(
     spec: JobSpec,
     hparams: Mapping[str, Any],
@@ -329,4 +346,5 @@ def local_context(
         bad_images=spec.job.bad_images,
         metrics=metrics_log(spec, run_dir, rank, env),
         performance=spec.compute.performance,
+        init_from=parent_model(run_dir),
     )

@@ -267,3 +267,44 @@ def load_classifier(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         ) from None
     model.eval()
     return model, meta
+
+
+def warm_start(model: nn.Module, parent: str | Path, classes: Sequence[str]) -> dict[str, Any]:
+    """Load a parent run's weights (its model folder) into `model`, a classifier for
+    `classes` of the same architecture: every layer but the head as it is, the head row by
+    row, by class name; a class the parent did not know keeps its fresh row. A class the
+    parent knew but `classes` lacks is an error (its images would vanish from the lineage).
+    Returns what was done: {"parent_classes", "new_classes"}."""
+    parent_model, meta = load_classifier(parent)
+    missing = [name for name in meta["classes"] if name not in classes]
+    if missing:
+        raise InflameError(
+            f"--init-from {Path(parent).parent}: its classes {missing} are not in this run's "
+            "training data. A warm start keeps every class of its parent; put them back, or "
+            "train from scratch (leave out --init-from)."
+        )
+    head = head_name(model)
+    state = model.state_dict()
+    inherited = parent_model.state_dict()
+    body = {key for key in state if not key.startswith(head + ".")}
+    misfit = sorted(
+        body ^ {key for key in inherited if not key.startswith(head + ".")}
+        | {key for key in body & set(inherited) if state[key].shape != inherited[key].shape}
+    )
+    if misfit:
+        raise InflameError(
+            f"--init-from {Path(parent).parent}: its {meta['architecture']} weights do not fit "
+            f"this run's model ({misfit[0]}, ...). Use the parent's `architecture` "
+            f"({meta['architecture']}), or leave out --init-from."
+        )
+    for key in body:
+        state[key] = inherited[key].to(state[key].dtype)
+    for index, name in enumerate(meta["classes"]):
+        row = list(classes).index(name)
+        state[f"{head}.weight"][row] = inherited[f"{head}.weight"][index]
+        state[f"{head}.bias"][row] = inherited[f"{head}.bias"][index]
+    model.load_state_dict(state)
+    return {
+        "parent_classes": list(meta["classes"]),
+        "new_classes": [name for name in classes if name not in meta["classes"]],
+    }

@@ -23,6 +23,20 @@ _LOOPBACK = ("127.", "::1", "localhost")
 os.environ["INFLAME_CACHE_DIR"] = tempfile.mkdtemp(prefix="inflame-test-cache-")
 atexit.register(shutil.rmtree, os.environ["INFLAME_CACHE_DIR"], ignore_errors=True)
 
+# Tests run in parallel, one pytest-xdist worker per core (at most _MAX_WORKERS: each worker
+# starts torch processes of its own). Each worker's torch, and every process it starts, gets
+# its share of the cores: more threads than cores makes OpenMP spin against itself.
+_MAX_WORKERS = 4
+_CORES = len(os.sched_getaffinity(0))  # the cores this process may use (containers: fewer)
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = _CORES // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core, at most _MAX_WORKERS."""
+    return max(1, min(_CORES, _MAX_WORKERS))
+
 
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,3 +153,11 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ratios=(0.5, 0.25, 0.25),
         epochs=1,
     )
+
+
+@pytest.fixture(scope="module")
+def run(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test module's own copy of `finished_run`, which its tests may change."""
+    copy = tmp_path_factory.mktemp("run-copy") / "run"
+    shutil.copytree(finished_run, copy)
+    return copy

@@ -5,7 +5,6 @@ calls against moto made as strict as SageMaker; `endpoints` and `undeploy`, with
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,13 +31,6 @@ SETTINGS = [
     f"targets.sagemaker.output=s3://{BUCKET}/inflame",
 ]
 OVERRIDES = [value for value in SETTINGS if value != "--set"]
-
-
-@pytest.fixture(scope="module")
-def run(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    copy = tmp_path_factory.mktemp("deploy") / "run"
-    shutil.copytree(finished_run, copy)
-    return copy
 
 
 def test_dry_run_shows_the_exact_valid_requests_offline(run: Path, tmp_path: Path):
@@ -82,8 +74,6 @@ def test_dry_run_shows_the_exact_valid_requests_offline(run: Path, tmp_path: Pat
         "--set", "targets.sagemaker.endpoint_instance_type=ml.m5.hugeish", cwd=tmp_path,
     )  # fmt: skip
     assert_clean_error(wrong, "not a SageMaker endpoint instance type", "endpoint_instance_type")
-    elsewhere = run_inflame("deploy", run, "--target", "vertex", "--dry-run", cwd=tmp_path)
-    assert_clean_error(elsewhere, "planned, not built yet", "sagemaker")
 
 
 def test_the_handler_answers_as_predict_in_an_inference_image(

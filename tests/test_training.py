@@ -307,3 +307,45 @@ def test_progress_shows_each_phase_running_loss_and_accuracy(tmp_path: Path):
             assert mine[-1][2] == pytest.approx(metrics[f"{phase}_loss"], rel=1e-6)
             assert mine[-1][3] == pytest.approx(metrics[f"{phase}_accuracy"])
             assert mine[0][2] != mine[-1][2]  # a running average, not the final value
+
+
+def test_the_schedule_steps_once_per_epoch_and_each_epoch_is_reported_by_its_number(
+    tmp_path: Path,
+):
+    from inflame.training.progress import SilentReporter
+
+    ended: list[tuple[int, float]] = []
+
+    class Recording(SilentReporter):
+        def epoch_end(self, epoch: int, metrics: dict) -> None:
+            ended.append((epoch, metrics["learning_rate"]))
+
+    result = run_fit(tmp_path, epochs=4, reporter=Recording(), num_workers=0)
+    # StepLR(step_size=2, gamma=0.5) from 0.05: halved after every second epoch
+    assert [m["learning_rate"] for m in result.history] == [0.05, 0.05, 0.025, 0.025]
+    assert ended == [(1, 0.05), (2, 0.05), (3, 0.025), (4, 0.025)]
+
+
+def test_the_allocator_hint_shows_once_and_only_without_a_faster_allocator(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from inflame import allocator
+    from inflame.training import loop
+    from inflame.training.progress import SilentReporter
+
+    said: list[str] = []
+
+    class Recording(SilentReporter):
+        def message(self, text: str) -> None:
+            said.append(text)
+
+    monkeypatch.delenv(allocator.ENV_VAR, raising=False)
+    monkeypatch.setattr(loop, "_hinted", [])
+    monkeypatch.setattr(allocator, "find_allocator", lambda: None)
+    loop._allocator_hint(Recording())
+    loop._allocator_hint(Recording())
+    assert said == [allocator.install_hint()]  # once per process
+    monkeypatch.setattr(loop, "_hinted", [])
+    monkeypatch.setattr(allocator, "find_allocator", lambda: Path("/usr/lib/libtcmalloc.so.4"))
+    loop._allocator_hint(Recording())
+    assert said == [allocator.install_hint()]  # one is installed: nothing to suggest

@@ -19,7 +19,7 @@ from google.cloud.aiplatform_v1.types import CustomJob, Scheduling
 from inflame.errors import InflameError
 from inflame.ledger import Ledger
 from inflame.submit import cancel, download, follow, plan_submission, refresh, submit_plan
-from inflame.targets.vertex import TARGET, default_machine, validate_request
+from inflame.targets.vertex import default_machine, validate_request
 from tests.conftest import guarded_env
 from tests.emulation import assert_all_ok, free_port, image_env, run_nodes
 from tests.fakes.gcp import FakeGCP
@@ -46,10 +46,7 @@ def vx_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture
 def gcp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     with FakeGCP(tmp_path / "gcs") as fake:
-        monkeypatch.setattr(TARGET, "client_options", fake.client_options)
-        monkeypatch.setattr(TARGET, "storage_client", fake.storage_client)
-        monkeypatch.setattr(TARGET, "logging_session", fake.logging_session)
-        monkeypatch.setattr(TARGET.calls, "wait", 0.01)
+        fake.install(monkeypatch)
         yield fake
 
 

@@ -7,6 +7,15 @@ set -euo pipefail
 # pip 23's resolver crashes on the dev extras' dependency set (InconsistentCandidate while
 # backtracking over opentelemetry); a current pip resolves it
 python -m pip install -q --upgrade "pip>=24"
+# Azure ML's inference server, which runs `inflame deploy --target azure`'s scoring script in
+# tests/test_deploy_azure.py: in a folder of its own, since it pins packages (OpenTelemetry)
+# older than the ones inflame's extras need
+server="$(dirname "$0")/../.test-deps/azureml-inference-server"
+if [ ! -f "$server/.complete" ]; then
+  rm -rf "$server"
+  python -m pip install -q --target "$server" "azureml-inference-server-http==1.5.1"
+  touch "$server/.complete"
+fi
 for browser in "${INFLAME_CHROMIUM:-}" chromium-headless-shell chromium google-chrome chromium-browser; do
   if [ -n "$browser" ] && command -v "$browser" > /dev/null; then
     exit 0

@@ -4,6 +4,7 @@ create / status / delete with the deployment recorded in the ledger."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +14,11 @@ from inflame.deploy.archive import Archive
 from inflame.errors import InflameError
 from inflame.ledger import DeploymentRecord, Ledger
 
-TARGETS = {"sagemaker": "inflame.deploy.sagemaker:SageMakerEndpoints"}
-PLANNED = ("azure", "vertex")  # issue 10: not built yet
+TARGETS = {
+    "azure": "inflame.deploy.azure:AzureEndpoints",
+    "sagemaker": "inflame.deploy.sagemaker:SageMakerEndpoints",
+    "vertex": "inflame.deploy.vertex:VertexEndpoints",
+}
 
 
 @dataclass(frozen=True)
@@ -50,13 +54,47 @@ class DeployPlan:
         }
 
 
+@dataclass(frozen=True)
+class Created:
+    """What creating an endpoint returns: where to see it, and what status and delete need
+    beyond the plan's locator (an operation still running, ...)."""
+
+    console_url: str
+    locator: dict[str, Any] = field(default_factory=dict)
+
+
+def roll_back(undo: Any, name: str) -> None:
+    """Delete what a failed deploy created (`undo()`); when that fails too, say so and what
+    may remain, and let the deploy's own error be the one raised."""
+    try:
+        undo()
+    except Exception as exc:
+        print(
+            f"warning: deleting what the failed deploy of {name} created failed too ({exc}); "
+            f"remove what remains with `inflame undeploy {name}` or in the provider's console.",
+            file=sys.stderr,
+        )
+
+
+def finished_run(run_dir: Path, overrides: Sequence[str]) -> tuple[dict[str, Any], Any]:
+    """(manifest, spec) of a completed run: only a finished run has a model to deploy."""
+    from inflame.runs import SPEC_FILE, read_manifest
+    from inflame.spec import load_spec
+
+    manifest = read_manifest(run_dir)
+    if manifest.get("status") != "completed":
+        raise InflameError(
+            f"{run_dir} is {manifest.get('status')}, not completed: only a finished run "
+            "has a model to deploy."
+        )
+    return manifest, load_spec(run_dir / SPEC_FILE, list(overrides))
+
+
 def endpoints(target: str) -> Any:
     """The deploy adapter of `target`."""
     if target not in TARGETS:
-        planned = " (planned, not built yet)" if target in PLANNED else ""
         raise InflameError(
-            f"`inflame deploy` cannot deploy to {target!r}{planned}; it deploys to "
-            f"{', '.join(TARGETS)}."
+            f"`inflame deploy` cannot deploy to {target!r}; it deploys to {', '.join(TARGETS)}."
         )
     module, _, name = TARGETS[target].partition(":")
     return getattr(importlib.import_module(module), name)()
@@ -78,11 +116,16 @@ def deploy(plan: DeployPlan, ledger: Ledger) -> DeploymentRecord:
         requests=[[op, body] for op, body in plan.requests],
     )
     try:
-        console_url = endpoints(plan.target).create(plan)
+        created: Created = endpoints(plan.target).create(plan)
     except BaseException as exc:
         ledger.update_deployment(record_id, status="failed", error=str(exc))
         raise
-    ledger.update_deployment(record_id, status="creating", console_url=console_url)
+    ledger.update_deployment(
+        record_id,
+        status="creating",
+        console_url=created.console_url,
+        locator={**plan.locator, **created.locator},
+    )
     return ledger.find_deployment(str(record_id))
 
 

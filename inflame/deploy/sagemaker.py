@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from inflame.deploy.archive import build_archive
-from inflame.deploy.plan import DeployPlan
-from inflame.errors import InflameError
+from inflame.deploy.plan import Created, DeployPlan, finished_run, roll_back
 from inflame.targets import base
 from inflame.targets.sdk import import_sdk
 
@@ -44,8 +43,6 @@ class SageMakerEndpoints:
         self.provider = SageMaker()  # its session, S3 upload and error translation
 
     def plan(self, run_dir: Path, overrides: list[str]) -> DeployPlan:
-        from inflame.runs import SPEC_FILE, read_manifest
-        from inflame.spec import load_spec
         from inflame.targets.sagemaker import (
             SETTINGS,
             checked_instance_type,
@@ -53,13 +50,7 @@ class SageMakerEndpoints:
             validate_operation,
         )
 
-        manifest = read_manifest(run_dir)
-        if manifest.get("status") != "completed":
-            raise InflameError(
-                f"{run_dir} is {manifest.get('status')}, not completed: only a finished run "
-                "has a model to deploy."
-            )
-        spec = load_spec(run_dir / SPEC_FILE, overrides)
+        manifest, spec = finished_run(run_dir, overrides)
         settings = base.TargetSettings(spec, self.name, SETTINGS)
         for module in ("botocore", "regex"):
             import_sdk(self.name, "aws", module)
@@ -129,11 +120,13 @@ class SageMakerEndpoints:
             checks=CHECKS,
         )
 
-    def create(self, plan: DeployPlan) -> str:
+    def create(self, plan: DeployPlan) -> Created:
         """Upload the archive (unless the same bytes are there), then create the model, the
         endpoint config and the endpoint; a failure deletes what this call created."""
         session = self.provider.session(plan.locator)
-        self.provider._upload_bundle(session.client("s3"), plan.archive_uri, plan.archive.data)
+        self.provider.upload_once(
+            session.client("s3"), plan.archive_uri, plan.archive.data, what="model archive"
+        )
         client = session.client("sagemaker")
         created: list[str] = []
         calls = {
@@ -150,10 +143,10 @@ class SageMakerEndpoints:
                 self.provider.calls.run(what, call, **request)
                 created.append(operation)
         except BaseException:
-            self._delete(client, plan.name, created)
+            roll_back(lambda: self._delete(client, plan.name, created), plan.name)
             raise
         region = plan.locator["region"]
-        return (
+        return Created(
             f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}"
             f"#/endpoints/{plan.name}"
         )

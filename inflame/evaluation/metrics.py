@@ -24,7 +24,6 @@ def compute_metrics(scored: Scored, top_k: int = 5) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     from torchmetrics.functional.classification import (
-        multiclass_accuracy,
         multiclass_calibration_error,
         multiclass_confusion_matrix,
         multiclass_f1_score,
@@ -44,6 +43,12 @@ def compute_metrics(scored: Scored, top_k: int = 5) -> dict[str, Any]:
     def averaged(fn: Any, average: str) -> float:
         return float(fn(probs, target, average=average, **common))
 
+    # exact shares (count / images), as training reports them: not float32 ratios
+    ranked = torch.argsort(probs, dim=1, descending=True, stable=True)
+
+    def top_k_accuracy(k: int) -> float:
+        return int((ranked[:, :k] == target[:, None]).any(dim=1).sum()) / len(target)
+
     support = torch.bincount(target, minlength=n)
     precision = per_class(multiclass_precision)
     recall = per_class(multiclass_recall)
@@ -51,11 +56,8 @@ def compute_metrics(scored: Scored, top_k: int = 5) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "images": len(target),
         "loss": float(F.cross_entropy(logits, target)),
-        "accuracy": float(multiclass_accuracy(probs, target, average="micro", **common)),
-        "top_k_accuracy": {
-            str(k): float(multiclass_accuracy(probs, target, average="micro", top_k=k, **common))
-            for k in top_k_values(n, top_k)
-        },
+        "accuracy": top_k_accuracy(1),
+        "top_k_accuracy": {str(k): top_k_accuracy(k) for k in top_k_values(n, top_k)},
         "per_class": {
             name: {
                 "precision": precision[i],

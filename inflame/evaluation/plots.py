@@ -121,3 +121,25 @@ def curves_png(
         fig.suptitle(title)
     fig.savefig(path, dpi=DPI, format="png")
     return True
+
+
+def learning_curve_png(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Accuracy against the number of labelled training images, one line per `strategy`
+    (active learning's learning curve)."""
+    fig = _figure(6, 4)
+    ax = fig.subplots()
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        points = sorted(
+            (r["labelled"], r["val_accuracy"])
+            for r in rows
+            if r["strategy"] == strategy and r.get("val_accuracy") is not None
+        )
+        if points:
+            ax.plot(*zip(*points, strict=True), "-", marker="o", markersize=3, label=strategy)
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("validation accuracy")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=DPI, format="png")

@@ -100,6 +100,10 @@ SETTINGS = (
     Setting("environment", DEFAULT_ENVIRONMENT),
     Setting("experiment"),  # default: the job's name
     Setting("datastore", "workspaceblobstore"),
+    # `inflame deploy --target azure` (inflame/deploy/azure.py)
+    Setting("endpoint_instance_type", "Standard_DS3_v2"),
+    Setting("endpoint_instances", 1, kind=int, minimum=1, maximum=100),
+    Setting("inference_environment"),  # default: `environment` (it has the inference server)
 )
 # JobService.jobServiceType as the REST API names them (azure-ai-ml JobServiceTypeNames)
 SERVICE_TYPES = (

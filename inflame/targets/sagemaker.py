@@ -487,8 +487,9 @@ class SageMaker(Provider):
         boto3 = import_sdk(self.name, self.extra, "boto3")
         return boto3.Session(region_name=locator["region"])
 
-    def _upload_bundle(self, s3: Any, uri: str, data: bytes) -> None:
-        """Upload the bundle unless an object with the same checksum is there already."""
+    def upload_once(self, s3: Any, uri: str, data: bytes, what: str = "code bundle") -> None:
+        """Upload `data` (a code bundle, a model archive) unless an object with the same
+        checksum is there already."""
         from botocore.exceptions import ClientError
 
         bucket, key = base.split_uri(uri)
@@ -503,10 +504,10 @@ class SageMaker(Provider):
             return head.get("ChecksumSHA256")
 
         checksum = _sha256_b64(data)
-        if self.calls.read(f"Checking the code bundle at {uri}", stored_checksum) == checksum:
-            return  # the same code, verified: not uploaded twice
+        if self.calls.read(f"Checking the {what} at {uri}", stored_checksum) == checksum:
+            return  # the same bytes, verified: not uploaded twice
         self.calls.run(
-            f"Uploading the code bundle to {uri}",
+            f"Uploading the {what} to {uri}",
             s3.put_object,
             Bucket=bucket,
             Key=key,
@@ -519,7 +520,7 @@ class SageMaker(Provider):
         session = self.session(plan.locator)
         s3 = session.client("s3")
         for uri in plan.uploads:
-            self._upload_bundle(s3, uri, plan.bundle.data)
+            self.upload_once(s3, uri, plan.bundle.data)
         self.calls.run(
             "Creating the SageMaker training job",
             session.client("sagemaker").create_training_job,

@@ -69,7 +69,7 @@ _STATES = {
     "JOB_STATE_UPDATING": "running",
     "JOB_STATE_PARTIALLY_SUCCEEDED": "failed",
 }
-_BUCKET_RE = r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]"
+BUCKET_RE = r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]"
 SETTINGS = (
     Setting(
         "project",
@@ -89,7 +89,7 @@ SETTINGS = (
         "staging_bucket",
         required=True,
         example='"gs://my-bucket"',
-        pattern=rf"gs://{_BUCKET_RE}(/[^\s]*)?",
+        pattern=rf"gs://{BUCKET_RE}(/[^\s]*)?",
         rule="`staging_bucket` must be gs://BUCKET (3-63 lowercase letters, digits, `-`, `_` "
         "or `.`), optionally with a folder.",
     ),
@@ -102,6 +102,10 @@ SETTINGS = (
         rule="`service_account` must be a service account's email address.",
     ),
     Setting("boot_disk_gb", 100, kind=int, minimum=100, maximum=64000),
+    # `inflame deploy --target vertex` (inflame/deploy/vertex.py)
+    Setting("endpoint_machine_type", "n1-standard-4"),
+    Setting("endpoint_replicas", 1, kind=int, minimum=1, maximum=1000),
+    Setting("inference_image"),  # default: the region's prebuilt PyTorch prediction image
     Setting(  # a Vertex AI TensorBoard instance: Vertex sets AIP_TENSORBOARD_LOG_DIR
         "tensorboard",
         pattern=r"projects/[^/\s]+/locations/[a-z0-9-]+/tensorboards/\d+",
@@ -187,20 +191,27 @@ def machine_problem(machine: str, accelerator: str | None, count: int) -> str | 
     return f"{machine} cannot take GPUs (attach them to an N1 machine type, or use A2/A3/G2)"
 
 
+def name_and_label_violations(
+    display_name: str, labels: Mapping[str, str], where: str = ""
+) -> Iterator[str]:
+    """Vertex AI's limits on a resource's displayName and labels."""
+    if not 1 <= len(display_name) <= 128:
+        yield f"{where}displayName: {len(display_name)} characters, allowed 1..128"
+    if len(labels) > 64:
+        yield f"{where}labels: {len(labels)}, at most 64"
+    for key, value in labels.items():
+        if not _LABEL_KEY_RE.fullmatch(key) or not _LABEL_VALUE_RE.fullmatch(value):
+            yield (
+                f"{where}labels[{key!r}]: keys are 1-63 lowercase letters, digits, _ or - "
+                f"(starting with a letter), values at most 63 of them; got {key!r}={value!r}"
+            )
+
+
 def _rule_violations(job: Any) -> Iterator[str]:
     """Vertex AI's documented CustomJob rules the message type does not express."""
     from google.cloud.aiplatform_v1.types import AcceleratorType
 
-    if not 1 <= len(job.display_name) <= 128:
-        yield f"displayName: {len(job.display_name)} characters, allowed 1..128"
-    if len(job.labels) > 64:
-        yield f"labels: {len(job.labels)}, at most 64"
-    for key, value in job.labels.items():
-        if not _LABEL_KEY_RE.fullmatch(key) or not _LABEL_VALUE_RE.fullmatch(value):
-            yield (
-                f"labels[{key!r}]: keys are 1-63 lowercase letters, digits, _ or - (starting "
-                f"with a letter), values at most 63 of them; got {key!r}={value!r}"
-            )
+    yield from name_and_label_violations(job.display_name, job.labels)
     spec = job.job_spec
     pools = spec.worker_pool_specs
     if not 1 <= len(pools) <= 4:
@@ -237,7 +248,7 @@ def _rule_violations(job: Any) -> Iterator[str]:
         if disk.boot_disk_size_gb and not 100 <= disk.boot_disk_size_gb <= 64000:
             yield f"{where}.diskSpec.bootDiskSizeGb: {disk.boot_disk_size_gb}, allowed 100..64000"
     output = spec.base_output_directory.output_uri_prefix
-    if output and not re.fullmatch(rf"gs://{_BUCKET_RE}(/.*)?", output):
+    if output and not re.fullmatch(rf"gs://{BUCKET_RE}(/.*)?", output):
         yield f"jobSpec.baseOutputDirectory: {output!r} is not a gs:// URI of a valid bucket"
     if spec.scheduling.timeout and spec.scheduling.timeout.total_seconds() <= 0:
         yield "jobSpec.scheduling.timeout: must be positive"
@@ -478,20 +489,28 @@ class Vertex(Provider):
         storage = import_sdk(self.name, self.extra, "google.cloud.storage")
         return storage.Client(project=locator["project"])
 
-    def _upload_bundle(self, storage: Any, uri: str, data: bytes) -> None:
-        """Upload the bundle unless an object with the same MD5 is there already."""
+    def upload_once(
+        self,
+        storage: Any,
+        uri: str,
+        data: bytes,
+        content_type: str = "application/gzip",
+        what: str = "code bundle",
+    ) -> None:
+        """Upload `data` (a code bundle, a model archive) unless an object with the same MD5
+        is there already."""
         bucket, key = base.split_uri(uri)
         blob = self.calls.read(
-            f"Checking the code bundle at {uri}", storage.bucket(bucket).get_blob, key
+            f"Checking the {what} at {uri}", storage.bucket(bucket).get_blob, key
         )
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
         if blob is not None and blob.md5_hash == md5:
-            return  # the same code, verified: not uploaded twice
+            return  # the same bytes, verified: not uploaded twice
         self.calls.run(
-            f"Uploading the code bundle to {uri}",
+            f"Uploading the {what} to {uri}",
             storage.bucket(bucket).blob(key).upload_from_string,
             data,
-            content_type="application/gzip",
+            content_type=content_type,
             checksum="md5",  # the client compares what Cloud Storage received
         )
 
@@ -526,7 +545,7 @@ class Vertex(Provider):
         aiplatform = self.calls.run("Connecting to Vertex AI", self._init, plan.locator)
         storage = self.calls.run("Connecting to Cloud Storage", self.storage_client, plan.locator)
         for uri in plan.uploads:
-            self._upload_bundle(storage, uri, plan.bundle.data)
+            self.upload_once(storage, uri, plan.bundle.data)
         proto = CustomJobProto.from_json(json.dumps(plan.request))
         job = aiplatform.CustomJob(
             display_name=proto.display_name,

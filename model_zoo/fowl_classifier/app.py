@@ -104,6 +104,7 @@ def train(ctx: Context) -> None:
         eval_transform,
         save_classifier,
         train_transform,
+        warm_start,
     )
 
     hp = ctx.hparams
@@ -137,6 +138,8 @@ def train(ctx: Context) -> None:
         pretrained=pretrained,
         freeze_backbone=hp["freeze_backbone"],
     )
+    if ctx.init_from is not None:  # `inflame train --init-from RUN`: the parent's weights
+        ctx.record("warm_start", warm_start(model, ctx.init_from, train_set.classes))
     params = [p for p in model.parameters() if p.requires_grad]
     if hp["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(

@@ -1,6 +1,6 @@
 """A loopback fake of the Azure ML REST API (and of the blob store its code upload uses),
-enough for MLClient.jobs.create_or_update / get / begin_cancel and compute.get with the real
-SDK.
+enough for MLClient.jobs.create_or_update / get / begin_cancel, compute.get, and online
+endpoints and deployments (tests/fakes/azureml_endpoints.py) with the real SDK.
 
 It is as strict as Azure ML where inflame depends on it: a job whose REST body breaks Azure
 ML's documented rules gets 400 UserError, and compute clusters have a VM size and a tier
@@ -25,6 +25,7 @@ from azure.core.pipeline.transport import RequestsTransport
 
 from inflame.errors import InflameError
 from inflame.targets.azure import validate_request
+from tests.fakes.azureml_endpoints import FakeOnlineEndpoints
 
 
 class FakeCredential:
@@ -47,10 +48,17 @@ class RedirectTransport(RequestsTransport):
 
     def send(self, request: Any, **kwargs: Any) -> Any:
         parts = urlsplit(request.url)
-        if parts.hostname not in ("127.0.0.1", "localhost"):
-            query = f"?{parts.query}" if parts.query else ""
-            request.url = f"http://127.0.0.1:{self.port}/{parts.netloc}{parts.path}{query}"
-        return super().send(request, **kwargs)
+        if parts.hostname in ("127.0.0.1", "localhost"):
+            return super().send(request, **kwargs)
+        query = f"?{parts.query}" if parts.query else ""
+        original, request.url = (
+            request.url,
+            f"http://127.0.0.1:{self.port}/{parts.netloc}{parts.path}{query}",
+        )
+        try:
+            return super().send(request, **kwargs)
+        finally:  # the pipeline (and a long-running operation's final GET) sees https
+            request.url = original
 
 
 class FakeAzureML:
@@ -66,6 +74,7 @@ class FakeAzureML:
             "gpu-cluster": ("Standard_NC24ads_A100_v4", "Dedicated")
         }
         self.fail_next: dict[str, int] = {}  # path regex -> how many 503 answers
+        self.online = FakeOnlineEndpoints(self)  # online endpoints and deployments
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -197,6 +206,9 @@ class FakeAzureML:
                             },
                         },
                     )
+                served = fake.online.get(unquote(path))
+                if served:
+                    return self._reply(*served)
                 job = re.search(r"/jobs/([^/?]+)$", path)
                 if job and job.group(1) in fake.jobs:
                     return self._reply(200, fake.jobs[job.group(1)])
@@ -232,12 +244,17 @@ class FakeAzureML:
             def do_PUT(self) -> None:
                 body = self._body()
                 fake.requests.append(("PUT", self.path, body))
+                if self._overloaded():
+                    return None
                 parts = urlsplit(self.path)
                 if parts.path.startswith("/devstoreaccount1/"):
                     if "comp=metadata" in parts.query:
                         return self._reply(200, headers={"ETag": '"1"'})
                     fake.blobs[parts.path] = body
                     return self._reply(201, headers={"ETag": '"1"', "Content-MD5": ""})
+                served = fake.online.put(unquote(parts.path), json.loads(body or b"{}"))
+                if served:
+                    return self._reply(*served)
                 payload = json.loads(body or b"{}")
                 arm_id = parts.path.split("/", 2)[2] if parts.path.count("/") > 1 else ""
                 payload.update(id="/" + arm_id, name=parts.path.rsplit("/", 1)[-1])
@@ -256,6 +273,15 @@ class FakeAzureML:
                     fake.jobs[job.group(1)] = payload
                     return self._reply(201, payload)
                 return self._reply(200, payload)
+
+            def do_DELETE(self) -> None:
+                fake.requests.append(("DELETE", self.path, b""))
+                if self._overloaded():
+                    return None
+                served = fake.online.delete(unquote(urlsplit(self.path).path))
+                if served:
+                    return self._reply(*served)
+                return self._reply(404, {"error": {"code": "NotFound", "message": self.path}})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]

@@ -1,4 +1,5 @@
-"""A loopback fake of the Vertex AI REST API (custom jobs) and of the Cloud Storage JSON API.
+"""A loopback fake of the Vertex AI REST API (custom jobs; models and endpoints in
+tests/fakes/gcp_endpoints.py) and of the Cloud Storage JSON API.
 Objects live as files under `root/<bucket>/<name>`, the same layout as Vertex's /gcs mount.
 
 It is as strict as the services where inflame depends on it: a CustomJob that breaks the API
@@ -24,6 +25,7 @@ import google_crc32c
 
 from inflame.errors import InflameError
 from inflame.targets.vertex import validate_request
+from tests.fakes.gcp_endpoints import FakeVertexEndpoints
 
 
 class FakeGCP:
@@ -35,6 +37,8 @@ class FakeGCP:
         self.fail_next: dict[str, int] = {}  # path regex -> how many 503 answers
         self.composite: set[str] = set()  # object names stored by compose (no md5Hash)
         self.page_size = 1000  # objects per listing page at most
+        self.vertex = FakeVertexEndpoints(root)  # models, endpoints, their operations
+        self.sessions: dict[str, tuple[str, dict[str, Any], bytearray]] = {}  # resumable uploads
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -114,6 +118,9 @@ class FakeGCP:
                     if query.get("alt") == ["media"]:
                         return self._reply(200, raw=path.read_bytes())
                     return self._reply(200, self._object(bucket, name))
+                served = fake.vertex.get(unquote(parts.path))
+                if served:
+                    return self._reply(*served)
                 job = re.match(
                     r"^/v1/(projects/[^/]+/locations/[^/]+/customJobs/[^/:]+)$", parts.path
                 )
@@ -129,6 +136,18 @@ class FakeGCP:
                     return
                 parts = urlsplit(self.path)
                 upload = re.match(r"^/upload/storage/v1/b/([^/]+)/o$", parts.path)
+                if upload and parse_qs(parts.query).get("uploadType") == ["resumable"]:
+                    # a resumable upload (objects over 8 MiB): a session, then PUTs of its bytes
+                    session = str(len(fake.sessions))
+                    fake.sessions[session] = (upload.group(1), json.loads(body), bytearray())
+                    self.send_response(200)
+                    self.send_header(
+                        "Location",
+                        f"{fake.endpoint}{parts.path}?uploadType=resumable&upload_id={session}",
+                    )
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
                 if upload:
                     message = BytesParser(policy=default_policy).parsebytes(
                         f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
@@ -169,6 +188,9 @@ class FakeGCP:
                     job.update(name=name, state="JOB_STATE_PENDING")
                     fake.jobs[name] = job
                     return self._reply(200, job)
+                served = fake.vertex.post(unquote(parts.path), parse_qs(parts.query), body)
+                if served:
+                    return self._reply(*served)
                 if parts.path == "/v2/entries:list":
                     query_body = json.loads(body)
                     job_id = re.search(r'job_id="([^"]+)"', query_body["filter"]).group(1)
@@ -187,6 +209,46 @@ class FakeGCP:
                     return self._reply(200, {})
                 return self._reply(404, {"error": {"code": 404, "message": parts.path}})
 
+            def do_PUT(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                fake.requests.append(("PUT", self.path, b""))
+                if self._overloaded():
+                    return
+                session = parse_qs(urlsplit(self.path).query).get("upload_id", [""])[0]
+                if session not in fake.sessions:
+                    return self._reply(404, {"error": {"code": 404, "message": "no session"}})
+                bucket, declared, received = fake.sessions[session]
+                span = re.fullmatch(
+                    r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)", self.headers.get("Content-Range", "")
+                )
+                if span is None or (span.group(1) and int(span.group(1)) != len(received)):
+                    return self._reply(400, {"error": {"code": 400, "message": "bad range"}})
+                received += body
+                if span.group(3) == "*" or len(received) < int(span.group(3)):
+                    self.send_response(308)  # more to come
+                    self.send_header("Range", f"bytes=0-{len(received) - 1}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                md5 = base64.b64encode(hashlib.md5(received).digest()).decode()
+                if declared.get("md5Hash", md5) != md5:
+                    return self._reply(400, {"error": {"code": 400, "message": "MD5 mismatch"}})
+                target = fake.root / bucket / declared["name"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(bytes(received))
+                del fake.sessions[session]
+                return self._reply(200, self._object(bucket, declared["name"]))
+
+            def do_DELETE(self) -> None:
+                fake.requests.append(("DELETE", self.path, b""))
+                if self._overloaded():
+                    return
+                served = fake.vertex.delete(unquote(urlsplit(self.path).path))
+                if served:
+                    return self._reply(*served)
+                return self._reply(404, {"error": {"code": 404, "message": self.path}})
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -199,6 +261,15 @@ class FakeGCP:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def install(self, monkeypatch: Any) -> None:
+        """Point inflame's Vertex AI target (SDK, Cloud Storage, Logging) at this fake."""
+        from inflame.targets.vertex import TARGET
+
+        monkeypatch.setattr(TARGET, "client_options", self.client_options)
+        monkeypatch.setattr(TARGET, "storage_client", self.storage_client)
+        monkeypatch.setattr(TARGET, "logging_session", self.logging_session)
+        monkeypatch.setattr(TARGET.calls, "wait", 0.01)
 
     def client_options(self) -> dict[str, Any]:
         from google.auth.credentials import AnonymousCredentials

@@ -72,6 +72,16 @@ def test_archives_are_bounded_before_anything_is_written(tmp_path, monkeypatch):
     assert written.stat().st_size == 4 * 2**20
 
 
+def test_the_archive_limits_are_inclusive(tmp_path, monkeypatch):
+    """Exactly MAX_MEMBERS members, and exactly EXPANSION_FLOOR bytes, still extract."""
+    monkeypatch.setattr(packaging, "MAX_MEMBERS", 5)
+    assert len(safe_extract(_archive({f"f{i}.txt": b"x" for i in range(5)}), tmp_path / "a")) == 5
+    bomb = _archive({"zeros.bin": bytes(2**20)})  # 1 MiB of zeros, a few KiB packed
+    monkeypatch.setattr(packaging, "EXPANSION_FLOOR", 2**20)  # at the floor: ratios not counted
+    [written] = safe_extract(bomb, tmp_path / "b")
+    assert written.stat().st_size == 2**20
+
+
 def test_the_bundle_size_warning_counts_what_a_job_unpacks(tmp_path):
     """100 MiB unpacked is the limit, however well it compresses."""
     app = tmp_path / "app"
