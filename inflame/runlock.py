@@ -34,8 +34,7 @@ def _describe(holder: dict[str, Any]) -> str:
 
 
 def _read(fd: int) -> dict[str, Any]:
-    os.lseek(fd, 0, os.SEEK_SET)
-    raw = os.read(fd, 65536)
+    raw = os.pread(fd, 65536, 0)  # from the start, wherever the file's offset is
     try:
         found = json.loads(raw.decode("utf-8")) if raw.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError):

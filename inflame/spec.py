@@ -118,6 +118,21 @@ class JobSpec:
     def folder(self) -> Path:
         return self.path.parent
 
+    def __repr__(self) -> str:
+        """The dataclass repr with the values of `${env:…}` references masked: a spec may be
+        printed in a traceback or a debug log, and the resolved fields hold those values."""
+        from inflame.redact import MASK
+
+        shown = ", ".join(
+            f"{item.name}={getattr(self, item.name)!r}"
+            for item in dataclasses.fields(self)
+            if item.repr
+        )
+        text = f"{type(self).__name__}({shown})"
+        for value in sorted(filter(None, self.env_values.values()), key=len, reverse=True):
+            text = text.replace(value, MASK).replace(repr(value)[1:-1], MASK)
+        return text
+
     def locate(self, key_path: Sequence[str]) -> str:
         """Where a key came from: `--set a.b` or `file:line (a.b)`."""
         return _locate(self.path, self.source_text, self.overridden, tuple(key_path))

@@ -47,6 +47,12 @@ def test_allocate_and_ratios():
     assert allocate(7, (0.5, 0.5)) == [4, 3]
     assert sum(allocate(101, (0.7, 0.2, 0.1))) == 101
     assert parse_ratios("0.8,0.2") == (0.8, 0.2)
+    # sums are compared with a 1e-6 tolerance: float rounding passes, a real excess does not
+    assert parse_ratios("0.7,0.2,0.1") == (0.7, 0.2, 0.1)  # 0.9999999999999999 in floats
+    assert parse_ratios("0.5,0.5000009") == (0.5, 0.5000009)
+    for near in ("0.5,0.500002", "0.5,0.499998"):
+        with pytest.raises(InflameError, match="--ratios"):
+            parse_ratios(near)
     for bad in ("0.8,0.3", "a,b", "1", "0.5,0.5,0,0", "1.5,-0.5", "1.2,-0.1,-0.1"):
         with pytest.raises(InflameError, match="--ratios"):
             parse_ratios(bad)

@@ -190,3 +190,61 @@ def test_the_ledger_lives_in_inflame_home_in_a_private_folder(tmp_path: Path, mo
     ledger = Ledger(tmp_path / "new" / "deeper" / "ledger.sqlite")
     assert ledger.path.is_file() and (ledger.path.stat().st_mode & 0o777) == 0o600
     assert (ledger.path.parent.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.fixture
+def running_job(tmp_path: Path):
+    """A ledger holding one submitted SageMaker job, "job-a"."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    job = ledger.begin(
+        target="sagemaker",
+        name="job-a",
+        spec_sha256="s" * 64,
+        bundle_sha256="b" * 64,
+        request={"locator": {"region": "us-east-1"}},
+    )
+    ledger.update(job, provider_id="job-a", status="running", console_url="")
+    return ledger, ledger.get(job)
+
+
+def test_a_job_whose_state_cannot_be_read_still_counts_as_running(running_job, monkeypatch):
+    """The duplicate guard errs on the side of not submitting twice."""
+    from inflame.submit import still_active
+    from inflame.targets.base import JobState
+    from inflame.targets.sagemaker import TARGET
+
+    ledger, record = running_job
+
+    def unreachable(provider_id, locator):
+        raise InflameError("Reading the job status failed: timed out")
+
+    monkeypatch.setattr(TARGET, "status", unreachable)
+    assert still_active(record, ledger) is True
+    monkeypatch.setattr(TARGET, "status", lambda p, loc: JobState("completed", "Completed"))
+    assert still_active(record, ledger) is False
+
+
+def test_following_logs_that_cannot_be_read_falls_back_to_the_status(running_job, monkeypatch):
+    from inflame.submit import follow
+    from inflame.targets.base import JobState
+    from inflame.targets.sagemaker import TARGET
+
+    ledger, record = running_job
+    states = iter(
+        [JobState("running", "InProgress/Training")] * 2 + [JobState("completed", "Completed")]
+    )
+    monkeypatch.setattr(TARGET, "status", lambda p, loc: next(states))  # 3 polls at most
+
+    def no_logs(provider_id, locator):
+        raise InflameError("this account cannot read the job's logs")
+        yield  # a generator, as the targets' logs are
+
+    monkeypatch.setattr(TARGET, "logs", no_logs)
+    emitted: list[str] = []
+    state = follow(record, ledger, logs=True, emit=emitted.append, sleep=lambda s: None)
+    assert state.state == "completed" and ledger.get(record.id).status == "completed"
+    assert emitted == [
+        "note: this account cannot read the job's logs",
+        "job-a: InProgress/Training",
+        "job-a: Completed",
+    ]

@@ -226,3 +226,13 @@ def test_redaction_masks_known_values_secret_names_and_credential_shapes():
     assert masked["uri"] == "https://acct.blob.core.windows.net/c?sv=2021&sig=***&se=1"
     assert masked["note"] == "key *** in text" and masked["tokenizer"] == "bert-base"
     assert request["Environment"]["WANDB_API_KEY"] == "abc"  # a copy: the request is intact
+
+
+def test_a_spec_never_shows_a_secret_in_its_repr(secret_spec: Path):
+    """A spec may be printed in a traceback or a debug log: the values of its `${env:…}`
+    references stay out of its repr."""
+    from inflame.spec import load_spec
+
+    spec = load_spec(secret_spec)
+    assert SECRET in spec.env_values.values()  # it holds the value, for the job's environment
+    assert SECRET not in repr(spec)

@@ -120,3 +120,19 @@ def test_a_header_above_the_formats_limit_is_refused_before_it_is_read(tmp_path:
         handle.write(struct.pack("<Q", _MAX_HEADER))
     with pytest.raises(TensorFileError, match="not JSON"):
         load_tensors(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"\x02\0\0\0\0\0\0", "shorter than a safetensors header"),  # 7 bytes
+        (struct.pack("<Q", 0), "the header is not JSON"),  # 8: a whole length field, no header
+    ],
+)
+def test_the_refusal_says_what_is_wrong_at_the_length_fields_edge(
+    tmp_path: Path, content: bytes, says: str
+):
+    path = tmp_path / "edge.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(TensorFileError, match=says):
+        load_tensors(path)

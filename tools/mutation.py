@@ -147,6 +147,17 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
         "inflame/runlock.py",
         [_STOP, "tests/faults/test_kill_anywhere.py"],
     ),
+    "query": ("inflame/active/query.py", ["tests/test_active.py"]),
+    "labels": ("inflame/active/labels.py", ["tests/test_active.py"]),
+    "warmstart": (
+        "inflame/warmstart.py",
+        [
+            "tests/test_active.py",
+            "tests/test_sagemaker.py::test_a_loop_retrains_each_round_as_a_sagemaker_job_from_the_last_model",
+        ],
+    ),
+    "deploy_vertex": ("inflame/deploy/vertex.py", ["tests/test_deploy_vertex.py"]),
+    "deploy_azure": ("inflame/deploy/azure.py", ["tests/test_deploy_azure.py"]),
 }
 
 # (module, the mutated line as written, mutated span) -> why no behaviour can tell the
@@ -162,9 +173,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("predict", "batch_size: int = 32,", "(31)"): (
         "how many images go through the model at once changes no answer (as for 33)"
     ),
-    ("runlock", "raw = os.read(fd, 65536)", "(65535)"): (
-        "the holder record is a short JSON line (pid, host, time, command): far below either size"
-    ),
+    (
+        "runlock",
+        "raw = os.pread(fd, 65536, 0)  # from the start, wherever the file's offset is",
+        "(65535)",
+    ): ("the holder record is a short JSON line (pid, host, time, command): far below either size"),
     (
         "loop",
         "optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]",

@@ -197,18 +197,51 @@ def test_sigterm_while_a_checkpoint_is_written_lets_it_finish(tmp_path, monkeypa
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
 
 
+def _training_process(root: int, local_rank: int) -> int:
+    """The pid of the training process with LOCAL_RANK=`local_rank` started below `root`."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    todo, below = [root], []
+    while todo:
+        found = children.get(todo.pop(), [])
+        below += found
+        todo += found
+    for pid in sorted(below):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"LOCAL_RANK={local_rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no process with LOCAL_RANK={local_rank} below pid {root}")
+
+
 @pytest.mark.parametrize(
-    ("signum", "code", "says"),
-    [(signal.SIGTERM, 143, "Stopped by SIGTERM"), (signal.SIGINT, 130, "Interrupted (SIGINT")],
+    ("signum", "to", "code", "says"),
+    [
+        (signal.SIGTERM, "rank 1", 143, "Stopped by SIGTERM"),
+        (signal.SIGINT, "inflame", 130, "Interrupted (SIGINT"),
+    ],
 )
-def test_a_stop_reaches_every_process_of_a_ddp_run(cli, write_spec, tmp_path, signum, code, says):
-    """SIGTERM or Ctrl-C to `inflame train --nproc-per-node 2`: every process stops at the
-    same safe point, quietly (torchrun included), and the run resumes."""
+def test_a_stop_reaches_every_process_of_a_ddp_run(
+    cli, write_spec, tmp_path, signum, to, code, says
+):
+    """Ctrl-C to `inflame train --nproc-per-node 2`, or SIGTERM to one of its training
+    processes only (a platform stopping one container): every process stops at the same safe
+    point, quietly (torchrun included), and the run resumes."""
     spec = write_spec(hyperparameters={"epochs": 5})
     run = tmp_path / "ddp"
     proc = start_training(tmp_path, spec, "--run-dir", run, "--nproc-per-node", "2")
     wait_for(run / "checkpoints" / "epoch-0001.safetensors", proc)
-    proc.send_signal(signum)
+    if to == "inflame":
+        proc.send_signal(signum)
+    else:
+        os.kill(_training_process(proc.pid, 1), signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert "Traceback" not in err and says in err
@@ -254,3 +287,18 @@ def test_a_lock_file_in_folders_that_do_not_exist_yet(tmp_path: Path):
     path = tmp_path / "a" / "b" / "study.db.lock"
     with locked(path):
         assert path.is_file()
+
+
+def test_the_lock_file_is_readable_by_its_owner_only(tmp_path: Path):
+    """It holds the command line that took it (which may carry a token)."""
+    import stat
+
+    run = tmp_path / "run"
+    run.mkdir()
+    umask = os.umask(0)  # the mode asked for is the mode the file gets
+    try:
+        with RunLock(run):
+            mode = stat.S_IMODE((run / LOCK_FILE).stat().st_mode)
+    finally:
+        os.umask(umask)
+    assert mode == 0o600
