@@ -355,6 +355,23 @@ def loop(
     ] = None,
     overrides: Overrides = None,
     seed: Annotated[int, typer.Option(help="The random strategy's seed.")] = 0,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target", "-t", help=f"Retrain as cloud jobs there ({', '.join(PROVIDERS)})."
+        ),
+    ] = None,
+    data_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--data-uri",
+            help="With --target: a cloud folder (s3://, gs://, azureml://datastores/…/paths/…) "
+            "the loop uploads each round's training set under.",
+        ),
+    ] = None,
+    poll: Annotated[
+        float, typer.Option(help="With --target: seconds between job status checks.")
+    ] = 15.0,
 ) -> None:
     """Active learning: train, query the pool, label from the oracle, retrain from the last
     model; writes the learning curve (curve.csv, curve.png)."""
@@ -373,6 +390,9 @@ def loop(
         out=out,
         overrides=overrides or [],
         seed=seed,
+        target=target,
+        data_uri=data_uri,
+        poll_s=poll,
     )
     console = _stderr()
     for row in rows:
@@ -1141,13 +1161,29 @@ def submit(
         bool,
         typer.Option("--again", help="Submit even if the same spec and code are already running."),
     ] = False,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Warm start: the job begins from a finished run's weights, which travel in "
+            "the code bundle (directory, name or `latest`).",
+        ),
+    ] = None,
+    runs_dir: RunsDir = None,
 ) -> None:
     """Package the app and run it as a cloud GPU training job."""
     from inflame.redact import redact
     from inflame.submit import plan_submission
 
-    plan = plan_submission(spec, target, overrides or [])
+    parent = None
+    if init_from is not None:
+        from inflame.runs import resolve_run
+
+        parent = resolve_run(init_from, runs_dir)
+    plan = plan_submission(spec, target, overrides or [], init_from=parent)
     console = _stderr()
+    if parent is not None:
+        console.print(f"warm start from {parent} (its model is in the code bundle)", soft_wrap=True)
     shown = redact(
         {"summary": plan.summary, "warnings": [*plan.bundle.warnings, *plan.warnings]},
         plan.secret_values,

@@ -57,6 +57,7 @@ from inflame.runtime import (
 from inflame.spec import JobSpec, load_spec
 from inflame.stopping import STOP_FILE_ENV, Terminated, on_sigterm, write_stop_file
 from inflame.targets.base import IMAGE_ENV, IMAGE_TORCH_ENV, JobPaths, same_torch
+from inflame.warmstart import job_warm_start, parent_record
 
 # how long stopping processes may take (the platforms allow about 30 s to 2 min)
 STOP_GRACE_S = 60.0
@@ -425,26 +426,6 @@ def train_local(
         )
 
 
-def parent_record(init_from: str | Path, runs_root: Path) -> dict[str, Any]:
-    """The manifest's `parent` for a warm start from a finished run (its model verified)."""
-    from inflame.predict import verify_model_files
-
-    parent = resolve_run(init_from, runs_root)
-    found = read_manifest(parent)
-    if found.get("status") != "completed":
-        raise RunError(
-            f"--init-from {parent} is {found.get('status')}, not completed: a warm start "
-            "begins from a finished run's model."
-        )
-    verify_model_files(parent)
-    return {
-        "run": str(parent.resolve()),
-        "job": found.get("job", {}).get("name"),
-        "weights_sha256": found.get("weights_sha256"),
-        "parent": (found.get("parent") or {}).get("run"),  # the lineage, one step further
-    }
-
-
 def _train_local(
     held: ExitStack,
     spec_path: str | Path | None,
@@ -618,6 +599,8 @@ def run_in_job(
         if name in spec.data and (note := adopt_listing(spec.data[name].value, path))
     }
     run_dir = paths.run_dir
+    parent, init_from = job_warm_start(spec.folder, paths.checkpoint_dir)  # submit --init-from
+    restarted = any(paths.checkpoint_dir.glob("epoch-*.safetensors"))
     manifest: dict[str, Any] = {}
     if rank == 0:  # only the first process hashes the inputs and writes the records
         for name, note in unlisted.items():
@@ -630,8 +613,10 @@ def run_in_job(
             manifest = _new_manifest(spec, app, data, (), argv, bundled=True)
             manifest["platform"] = paths.platform
             manifest["image"] = image_record(env)
+            if parent is not None:
+                manifest["parent"] = parent
             (run_dir / SPEC_FILE).write_text(spec.to_toml(), encoding="utf-8")
-        if any(paths.checkpoint_dir.glob("epoch-*.safetensors")):  # a restarted job
+        if restarted:
             manifest.setdefault("resumed", []).append(
                 {"at": utc_now(), "from": str(paths.checkpoint_dir)}
             )
@@ -653,6 +638,7 @@ def run_in_job(
         bad_images=spec.job.bad_images,
         metrics=metrics_log(spec, run_dir, rank, env, paths.tensorboard_dir),
         performance=spec.compute.performance,
+        init_from=init_from,
     )
     return _execute(app, ctx, run_dir, manifest, "the platform restarts it from there")
 

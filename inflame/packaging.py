@@ -19,7 +19,7 @@ import hashlib
 import io
 import re
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -227,8 +227,10 @@ def build_bundle(
     spec_toml: str,
     *,
     exclude: Sequence[Path] = (),
+    extra: Mapping[str, bytes] | None = None,
 ) -> Bundle:
-    """The code bundle: app/…, spec.toml, entry.sh, vendor/inflame/…, vendor/<deps>."""
+    """The code bundle: app/…, spec.toml, entry.sh, vendor/inflame/…, vendor/<deps>, and
+    `extra` members (a warm start's parent/…)."""
     app_files, secret_files = collect_files(app_folder, exclude)
     if not (app_folder / "app.py").is_file():
         raise InflameError(f"{app_folder} has no app.py to package.")
@@ -239,6 +241,10 @@ def build_bundle(
         members[name] = path.read_bytes()
     members["entry.sh"] = ENTRY_SCRIPT.read_bytes()
     members["spec.toml"] = spec_toml.encode()
+    for name, content in (extra or {}).items():
+        if name in members:
+            raise InflameError(f"The code bundle already holds {name}; it cannot be replaced.")
+        members[name] = content
 
     data = deterministic_targz(members, executable=lambda name: name.endswith(".sh"))
     warnings = []

@@ -32,14 +32,30 @@ def bundle_spec_toml(spec: JobSpec) -> str:
     return tomlfile.dumps(resolved)
 
 
-def plan_submission(spec_path: str | Path, target: str, overrides: Sequence[str] = ()) -> Plan:
+def plan_submission(
+    spec_path: str | Path,
+    target: str,
+    overrides: Sequence[str] = (),
+    init_from: str | Path | None = None,
+    exclude: Sequence[Path] = (),
+) -> Plan:
     """Validate the spec, the app's hyperparameters and the target settings, build the code
-    bundle, and return the exact provider request. No credentials, no network."""
+    bundle, and return the exact provider request. No credentials, no network. With
+    `init_from` (a finished run), the bundle carries that run's model for a warm start;
+    `exclude`: more folders to keep out of the bundle (besides the spec's local data)."""
     adapter = get_target(target)
     job = prepare_job(spec_path, overrides)
     check_capabilities(job.spec, adapter)
     local_data = [item.path for item in job.spec.data.values() if item.is_local]
-    bundle = build_bundle(job.app.folder, bundle_spec_toml(job.spec), exclude=local_data)
+    local_data += exclude
+    parent = None
+    if init_from is not None:
+        from inflame.warmstart import bundle_members
+
+        parent = bundle_members(init_from)
+    bundle = build_bundle(
+        job.app.folder, bundle_spec_toml(job.spec), exclude=local_data, extra=parent
+    )
     return adapter.plan(job.spec, bundle)
 
 

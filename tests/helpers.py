@@ -205,3 +205,19 @@ def offline_aws_env(home: Path) -> dict[str, str]:
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
         env.pop(key, None)
     return env
+
+
+def loop_data(root: Path) -> tuple[Path, Path]:
+    """A loop's data under `root`: the demo set in d/ (12 train, 12 val, 24 test images) and
+    pool/, the test images without their class folders (d/test is their oracle)."""
+    import shutil
+
+    from inflame.data.demo import make_demo_dataset
+
+    data = root / "d"
+    make_demo_dataset(data, per_class=16, image_size=32, seed=3, ratios=(0.25, 0.25, 0.5))
+    pool = root / "pool"
+    pool.mkdir()
+    for image in sorted((data / "test").rglob("*.jpg")):
+        shutil.copy(image, pool / image.name)
+    return data, pool

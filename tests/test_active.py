@@ -18,7 +18,7 @@ from inflame.data.demo import make_demo_dataset
 from inflame.errors import InflameError
 from inflame.hashing import sha256_file
 from inflame.predict import Predictor
-from tests.helpers import assert_clean_error, run_inflame
+from tests.helpers import assert_clean_error, loop_data, run_inflame
 
 
 @pytest.fixture(scope="module")
@@ -299,12 +299,7 @@ def test_a_two_round_loop_labels_from_the_oracle_and_retrains_from_the_last_mode
     from inflame import tomlfile
     from tests.conftest import TINY_HPARAMS
 
-    data = tmp_path / "d"
-    make_demo_dataset(data, per_class=16, image_size=32, seed=3, ratios=(0.25, 0.25, 0.5))
-    pool = tmp_path / "pool"  # the test images, without their class folders
-    pool.mkdir()
-    for image in sorted((data / "test").rglob("*.jpg")):
-        shutil.copy(image, pool / image.name)
+    data, pool = loop_data(tmp_path)
     spec = tmp_path / "job.toml"
     spec.write_text(tomlfile.dumps({
         "job": {"name": "loop", "app": "fowl_classifier", "seed": 1},
@@ -360,3 +355,114 @@ def test_copies_for_labelling_never_collide_or_overwrite(tmp_path: Path):
     assert (copy_to / "duck" / "1.jpg").read_bytes() == b"someone else's"
     again = write_query(query, tmp_path / "q2", copy_to)  # the same copies are reused
     assert again == written and len(list((copy_to / "duck").iterdir())) == 4
+
+
+def test_a_cloud_warm_start_carries_the_verified_parent_in_the_bundle(
+    run: Path, tmp_path: Path, monkeypatch
+):
+    """`inflame submit --init-from RUN`: the bundle holds the parent's record, manifest and
+    model files (nothing else of the run); inside the job they are checked again."""
+    import io
+    import tarfile
+
+    from inflame.errors import RunError
+    from inflame.submit import plan_submission
+    from inflame.warmstart import bundled_parent, job_warm_start
+    from tests.helpers import write_cloud_spec
+
+    monkeypatch.setenv("INFLAME_HOME", str(tmp_path / "home"))
+    spec = write_cloud_spec(
+        tmp_path / "sm.toml", "warm_sm",
+        {"train": "s3://my-bucket/train", "val": "s3://my-bucket/val"}, "sagemaker",
+        {"role": "arn:aws:iam::123456789012:role/r", "region": "us-east-1",
+         "output": "s3://my-bucket/inflame"},
+    )  # fmt: skip
+    cold = plan_submission(spec, "sagemaker")
+    warm = plan_submission(spec, "sagemaker", init_from=run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    added = sorted(set(warm.bundle.files) - set(cold.bundle.files))
+    assert added == sorted(
+        ["parent/parent.json", "parent/manifest.json"]
+        + [f"parent/model/{name}" for name in manifest["outputs"]]
+    )
+    assert warm.bundle.sha256 != cold.bundle.sha256  # a different job: not a duplicate
+    job = tmp_path / "job"
+    with tarfile.open(fileobj=io.BytesIO(warm.bundle.data)) as tar:
+        tar.extractall(job, filter="data")
+    record, model = bundled_parent(job)
+    assert record["run"] == str(run.resolve())
+    assert record["weights_sha256"] == manifest["weights_sha256"]
+    assert model == job / "parent" / "model" and (model / "weights.safetensors").is_file()
+    assert bundled_parent(tmp_path) is None  # not a warm start
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    assert job_warm_start(job, checkpoints) == (record, model)
+    assert job_warm_start(tmp_path, checkpoints) == (None, None)
+    (checkpoints / "epoch-0001.safetensors").write_bytes(b"")  # a restarted job
+    assert job_warm_start(job, checkpoints) == (record, None)  # resumes its own checkpoint
+    (model / "weights.safetensors").write_bytes(b"not the parent's weights")
+    with pytest.raises(RunError, match="has changed since the run finished"):
+        bundled_parent(job)
+
+    shown = run_inflame(
+        "submit", spec, "--target", "sagemaker", "--dry-run", "--init-from", run, cwd=tmp_path
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"warm start from {run}" in " ".join(shown.stderr.split())
+
+
+def test_a_cloud_loop_needs_a_data_uri_its_target_reads(tmp_path: Path, write_spec):
+    spec = write_spec()
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    alone = run_inflame(
+        "loop", spec, "--pool", pool, "--oracle", pool, "--target", "sagemaker", cwd=tmp_path
+    )
+    assert_clean_error(alone, "--target and --data-uri go together")
+    wrong = run_inflame(
+        "loop", spec, "--pool", pool, "--oracle", pool, "--target", "sagemaker",
+        "--data-uri", "gs://bucket/loop", cwd=tmp_path,
+    )  # fmt: skip
+    assert_clean_error(wrong, "sagemaker jobs read data from s3://")
+
+
+def test_a_cloud_round_that_stops_says_what_still_runs_and_how_to_get_it(
+    tmp_path: Path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    import inflame.submit as submit
+    from inflame.active.cloud import CloudRounds
+    from inflame.errors import RunInterrupted
+    from inflame.targets.base import JobState
+
+    rounds = object.__new__(CloudRounds)  # only its waiting, without a spec to plan
+    rounds.poll_s, rounds.emit = 0, print
+    record, run_dir = SimpleNamespace(id=7, provider_id="loop-job-1"), tmp_path / "round-1"
+
+    def wait():
+        with pytest.raises(InflameError) as raised:
+            rounds._wait_and_download(1, record, None, run_dir)
+        return raised.value, " ".join(str(raised.value).split())
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(submit, "follow", ctrl_c)
+    error, text = wait()
+    assert isinstance(error, RunInterrupted) and error.exit_code == 130
+    assert "loop-job-1 runs; it goes on in the cloud" in text
+    assert f"`inflame cancel 7` stops it; `inflame download 7 {run_dir}`" in text
+    monkeypatch.setattr(submit, "follow", lambda *a, **k: JobState("failed", "Failed", "OOM"))
+    _, text = wait()
+    assert "Round 1's job loop-job-1 ended Failed: OOM. The loop stops here." in text
+    assert "`inflame logs 7`" in text
+    monkeypatch.setattr(submit, "follow", lambda *a, **k: JobState("completed", "Completed"))
+
+    def unreachable(record, destination):
+        raise InflameError("Reading s3://b/model.tar.gz failed: timed out.")
+
+    monkeypatch.setattr(submit, "download", unreachable)
+    _, text = wait()
+    assert "completed, but its run could not be downloaded: Reading s3://b/model" in text
+    assert f"`inflame download 7 {run_dir}` tries again" in text

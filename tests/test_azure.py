@@ -495,3 +495,197 @@ def test_tensorboard_events_go_where_the_jobs_tensorboard_service_reads_them(
     assert scalars(code / "outputs" / "tensorboard") == {"loss/train": [(1, 0.5)]}
     assert not (paths.run_dir / "tensorboard").exists()
     assert "services" not in rest_body(plan_submission(az_spec(), "azure"))["properties"]
+
+
+def test_upload_folder_writes_to_the_datastore_path_once(azure, tmp_path: Path):
+    """What `inflame loop --target azure` uploads a round's training set with: the blob
+    container behind the datastore, each blob once (by its MD5)."""
+    folder = tmp_path / "train"
+    for name, data in (("duck/1.jpg", b"\xff\xd8one"), ("hen/2.jpg", b"\xff\xd8two")):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    locator = {"subscription_id": SUB, "resource_group": "rg", "workspace": "ws"}
+
+    def puts() -> int:
+        return sum(1 for m, path, _ in azure.requests if m == "PUT" and ".blob." in path)
+
+    assert TARGET.upload_folder(folder, f"{STORE}/loops/r0/train/", locator) == 2
+    assert azure.store[("azureml-blobstore", "loops/r0/train/duck/1.jpg")] == b"\xff\xd8one"
+    assert azure.store[("azureml-blobstore", "loops/r0/train/hen/2.jpg")] == b"\xff\xd8two"
+    assert puts() == 2
+    TARGET.upload_folder(folder, f"{STORE}/loops/r0/train", locator)  # the same bytes
+    assert puts() == 2
+    (folder / "hen" / "2.jpg").write_bytes(b"\xff\xd8changed")
+    TARGET.upload_folder(folder, f"{STORE}/loops/r0/train", locator)
+    assert puts() == 3
+    assert azure.store[("azureml-blobstore", "loops/r0/train/hen/2.jpg")] == b"\xff\xd8changed"
+    with pytest.raises(InflameError, match="azureml://datastores/<datastore>/paths/<folder>"):
+        TARGET.upload_folder(folder, "https://acct.blob.core.windows.net/c/x", locator)
+
+
+# ---- Azure ML's published REST model (inflame/targets/azure_rest.py) ----------------------
+
+
+def _serverless(path: Path, instance_type: str) -> Path:
+    spec = tomlfile.loads(path.read_text())
+    del spec["targets"]["azure"]["compute"]
+    spec["targets"]["azure"]["instance_type"] = instance_type
+    path.write_text(tomlfile.dumps(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("tables", "instance_type"),
+    [
+        ({}, None),
+        ({"compute": {"gpus_per_node": 2, "nodes": 2}}, None),  # PyTorch distribution
+        ({"compute": {"gpus_per_node": 2, "nodes": 2}}, "Standard_NC48ads_A100_v4"),  # spot
+        ({"compute": {"spot": False}}, "Standard_NC24ads_A100_v4"),
+        ({"tracking": {"tensorboard": True}}, None),  # the TensorBoard job service
+        ({"data": {"_val": "https://acct.blob.core.windows.net/c/v"}}, None),
+    ],
+)
+def test_planned_jobs_follow_azure_mls_published_model(az_spec, tables, instance_type):
+    from inflame.targets.azure_rest import model_violations
+
+    path = az_spec(**tables)
+    if instance_type:
+        path = _serverless(path, instance_type)
+    body = rest_body(plan_submission(path, "azure"))
+    assert model_violations("JobBase", body) == []
+    # read-only members (the name, which is in the URL) are left out, as MLClient sends it
+    assert set(body) == {"properties"}
+
+
+def _distributed_tensorboard_body(az_spec) -> tuple[str, dict]:
+    plan = plan_submission(
+        az_spec(compute={"gpus_per_node": 2, "nodes": 2}, tracking={"tensorboard": True}), "azure"
+    )
+    return plan.job_name, rest_body(plan)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: b.update(priority=1), "priority: unknown member of JobBase"),
+        (
+            lambda b: b["properties"]["inputs"]["train"].update(readOnly=True),
+            "properties.inputs.train.readOnly: unknown member of UriFolderJobInput",
+        ),
+        (
+            lambda b: b["properties"]["services"]["tensorboard"].update(logDir="x"),
+            "properties.services.tensorboard.logDir: unknown member of JobService",
+        ),
+        (
+            lambda b: b["properties"]["resources"].update(instanceCount="2"),
+            "properties.resources.instanceCount: must be an integer",
+        ),
+        (
+            lambda b: b["properties"]["tags"].update({"inflame:gpus-per-node": 2}),
+            "properties.tags.inflame:gpus-per-node: must be a string",
+        ),
+        (
+            lambda b: b["properties"].update(jobType="Commnd"),
+            "properties.jobType: 'Commnd' is not one of AutoML, Command, FineTuning",
+        ),
+        (
+            lambda b: b["properties"]["inputs"]["train"].update(jobInputType="uri_directory"),
+            "properties.inputs.train.jobInputType: 'uri_directory' is not one of custom_model",
+        ),
+        (
+            lambda b: b["properties"]["distribution"].update(distributionType="Torch"),
+            "properties.distribution.distributionType: 'Torch' is not one of Mpi, PyTorch",
+        ),
+        (
+            lambda b: b["properties"]["outputs"]["run"].update(mode="ReadOnlyMount"),
+            "properties.outputs.run.mode: 'ReadOnlyMount' is not one of ReadWriteMount, Upload",
+        ),
+        (
+            lambda b: b["properties"]["limits"].update(timeout="1h"),
+            "properties.limits.timeout: '1h' is not an ISO 8601 duration",
+        ),
+        (
+            lambda b: b["properties"]["inputs"]["val"].pop("uri"),
+            "properties.inputs.val.uri: required",
+        ),
+        (lambda b: b["properties"].pop("environmentId"), "properties.environmentId: required"),
+        (
+            lambda b: b["properties"]["inputs"]["train"].pop("jobInputType"),
+            "properties.inputs.train.jobInputType: required",
+        ),
+        (
+            lambda b: b["properties"].update(status="Running"),
+            "properties.status: read-only (Azure ML sets it)",
+        ),
+        (lambda b: b.update(name="x"), "name: read-only (Azure ML sets it)"),
+        (lambda b: b["properties"].update(command=None), "properties.command: must not be null"),
+    ],
+)
+def test_the_published_job_model_refuses_what_azure_ml_would(az_spec, change, message):
+    from inflame.targets.azure_rest import model_violations
+
+    name, body = _distributed_tensorboard_body(az_spec)
+    change(body)
+    [problem] = model_violations("JobBase", body)
+    assert problem.startswith(message)
+    with pytest.raises(InflameError) as info:
+        validate_request(name, body)
+    assert message in str(info.value)
+
+
+def test_the_sdks_own_models_send_what_azure_ml_rejects(az_spec, azure):
+    """Why the model check exists: azure-ai-ml's generated models and client take a body with
+    an unknown member (and a job type that does not exist) and send it as it is."""
+    from azure.ai.ml._restclient.arm_ml_service import MachineLearningServicesMgmtClient
+    from azure.ai.ml._restclient.arm_ml_service.models import JobBase, JobBaseProperties
+    from azure.core.exceptions import HttpResponseError
+
+    from inflame.targets.azure_rest import API_VERSIONS
+    from tests.fakes.azureml import FakeCredential, RedirectTransport
+
+    name, body = _distributed_tensorboard_body(az_spec)
+    body["properties"]["inputs"]["train"]["readOnly"] = True
+    model = JobBase(body)  # the SDK's own deserialization: no complaint
+    assert model.properties.inputs["train"]["readOnly"] is True
+    unknown_type = JobBase({"properties": {**body["properties"], "jobType": "Commnd"}})
+    assert type(unknown_type.properties) is JobBaseProperties  # quietly the base model
+    client = MachineLearningServicesMgmtClient(
+        FakeCredential(),
+        SUB,
+        "https://management.azure.com",
+        api_version=API_VERSIONS["JobBase"],
+        transport=RedirectTransport(azure.port),
+    )
+    with pytest.raises(HttpResponseError, match="readOnly: unknown member of UriFolderJobInput"):
+        client.jobs.create_or_update("rg", "ws", name, model)  # our strict fake refuses it
+    [(_, url, sent)] = [r for r in azure.requests if r[0] == "PUT" and "/jobs/" in r[1]]
+    assert json.loads(sent)["properties"]["inputs"]["train"]["readOnly"] is True  # as it was
+    assert f"api-version={API_VERSIONS['JobBase']}" in url
+
+
+def test_mlclient_sends_the_planned_job_with_the_checked_api_version(az_spec, azure, tmp_path):
+    """The API version the model check names is the one MLClient.jobs.create_or_update uses,
+    and the body it sends follows the model (no read-only member, nothing unknown)."""
+    from inflame.targets.azure_rest import API_VERSIONS, model_violations
+
+    azure.clusters["gpu-cluster"] = ("Standard_NC48ads_A100_v4", "LowPriority")
+    plan = plan_submission(
+        az_spec(compute={"gpus_per_node": 2, "nodes": 2}, tracking={"tensorboard": True}), "azure"
+    )
+    submit_plan(plan, Ledger(tmp_path / "ledger.sqlite"))
+    [(_, url, sent)] = [r for r in azure.requests if r[0] == "PUT" and "/jobs/" in r[1]]
+    assert f"api-version={API_VERSIONS['JobBase']}" in url
+    assert model_violations("JobBase", json.loads(sent)) == []
+    assert set(json.loads(sent)["properties"]) == set(rest_body(plan)["properties"])
+
+
+def test_the_model_version_named_is_the_one_azure_ai_ml_generated():
+    """The checks say which published model they use: the version its client defaults to."""
+    import inspect
+
+    from azure.ai.ml._restclient.arm_ml_service import _configuration
+
+    from inflame.targets.azure_rest import MODEL_VERSION
+
+    source = inspect.getsource(_configuration)
+    assert f'kwargs.pop("api_version", "{MODEL_VERSION}")' in source

@@ -221,3 +221,149 @@ def test_a_failed_deployment_leaves_nothing_behind(azure: FakeAzureML, run: Path
     assert azure.online.endpoints == {} and azure.online.deployments == {}
     [record] = ledger.deployments()
     assert record.status == "failed" and record.error
+
+
+# ---- Azure ML's published REST models (inflame/targets/azure_rest.py) ---------------------
+
+
+def _model(operation: str) -> str:
+    return "OnlineDeployment" if "/deployments/" in operation else "OnlineEndpoint"
+
+
+def _planned_bodies(run: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *extra: str):
+    from inflame.deploy.plan import plan_deployment
+
+    monkeypatch.setenv("INFLAME_HOME", str(tmp_path / "home"))
+    plan = plan_deployment(run, "azure", [*OVERRIDES, *extra])
+    return plan.name, [(op, json.loads(json.dumps(body))) for op, body in plan.requests]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        (
+            "targets.azure.endpoint_instance_type=Standard_NC4as_T4_v3",
+            "targets.azure.endpoint_instances=3",
+        ),
+    ],
+)
+def test_planned_bodies_follow_azure_mls_published_models(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...]
+):
+    from inflame.targets.azure_rest import model_violations
+
+    _, requests = _planned_bodies(run, monkeypatch, tmp_path, *extra)
+    assert len(requests) == 3
+    for operation, body in requests:
+        assert model_violations(_model(operation), body) == [], operation
+
+
+@pytest.mark.parametrize(
+    ("kind", "change", "message"),
+    [
+        ("endpoint", lambda b: b.update(kinds="x"), "kinds: unknown member of OnlineEndpoint"),
+        (
+            "endpoint",
+            lambda b: b["properties"].update(authMode="Keys"),
+            "properties.authMode: 'Keys' is not one of AMLToken, Key, AADToken",
+        ),
+        (
+            "endpoint",
+            lambda b: b["properties"]["traffic"].update(inflame="100"),
+            "properties.traffic.inflame: must be an integer",
+        ),
+        (
+            "endpoint",
+            lambda b: b["properties"].update(scoringUri="https://x/score"),
+            "properties.scoringUri: read-only (Azure ML sets it)",
+        ),
+        (
+            "endpoint",
+            lambda b: b["identity"].update(type="System"),
+            "identity.type: 'System' is not one of None, SystemAssigned",
+        ),
+        ("endpoint", lambda b: b.pop("properties"), "properties: required"),
+        (
+            "deployment",
+            lambda b: b["properties"]["codeConfiguration"].update(scoringScripts=["score.py"]),
+            "properties.codeConfiguration.scoringScripts: unknown member of CodeConfiguration",
+        ),
+        (
+            "deployment",
+            lambda b: b["properties"].update(endpointComputeType="Managd"),
+            "properties.endpointComputeType: 'Managd' is not one of Kubernetes, Managed",
+        ),
+        ("deployment", lambda b: b["sku"].update(capacity="1"), "sku.capacity: must be an integer"),
+        (
+            "deployment",
+            lambda b: b["properties"].update(appInsightsEnabled="false"),
+            "properties.appInsightsEnabled: must be true or false",
+        ),
+        (
+            "deployment",
+            lambda b: b["properties"]["requestSettings"].update(requestTimeout=60000),
+            "properties.requestSettings.requestTimeout: 60000 is not an ISO 8601 duration",
+        ),
+        (
+            "deployment",
+            lambda b: b["properties"]["codeConfiguration"].pop("scoringScript"),
+            "properties.codeConfiguration.scoringScript: required",
+        ),
+        (
+            "deployment",
+            lambda b: b["properties"].update(provisioningState="Succeeded"),
+            "properties.provisioningState: read-only (Azure ML sets it)",
+        ),
+    ],
+)
+def test_the_published_models_refuse_what_azure_ml_would(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind, change, message
+):
+    from inflame.targets.azure_rest import model_violations
+
+    name, requests = _planned_bodies(run, monkeypatch, tmp_path)
+    [(operation, body)] = [
+        (op, body) for op, body in requests[1:] if ("/deployments/" in op) == (kind == "deployment")
+    ]  # the deployment, or the endpoint with its traffic
+    change(body)
+    [problem] = model_violations(_model(operation), body)
+    assert problem.startswith(message)
+    with pytest.raises(InflameError) as info:
+        validate_online_request(kind, "inflame" if kind == "deployment" else name, body)
+    assert message in str(info.value)
+
+
+def test_the_sdks_own_models_send_an_unknown_member(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Why the model check exists: azure-ai-ml's generated model takes a deployment with a
+    member Azure ML does not know and serializes it for the wire as it is."""
+    from azure.ai.ml._restclient.arm_ml_service._utils.model_base import SdkJSONEncoder
+    from azure.ai.ml._restclient.arm_ml_service.models import OnlineDeployment
+
+    _, requests = _planned_bodies(run, monkeypatch, tmp_path)
+    body = requests[1][1]
+    body["properties"]["codeConfiguration"]["scoringScripts"] = ["score.py"]
+    wire = json.dumps(OnlineDeployment(body), cls=SdkJSONEncoder, exclude_readonly=True)
+    assert json.loads(wire)["properties"]["codeConfiguration"]["scoringScripts"] == ["score.py"]
+    with pytest.raises(InflameError, match="scoringScripts: unknown member of CodeConfiguration"):
+        validate_online_request("deployment", "inflame", body)
+
+
+def test_mlclient_sends_endpoints_and_deployments_with_the_checked_api_versions(
+    azure: FakeAzureML, run: Path, tmp_path: Path
+):
+    from inflame.deploy.plan import deploy, plan_deployment
+    from inflame.targets.azure_rest import API_VERSIONS, model_violations
+
+    plan = plan_deployment(run, "azure", OVERRIDES)
+    deploy(plan, Ledger(tmp_path / "home" / "ledger.sqlite"))
+    puts = [
+        (url, body) for m, url, body in azure.requests if m == "PUT" and "/onlineEndpoints/" in url
+    ]
+    assert len(puts) == 3  # endpoint, deployment, traffic
+    for url, body in puts:
+        model = _model(urlsplit(url).path + "/")
+        assert f"api-version={API_VERSIONS[model]}" in url, url
+        assert model_violations(model, json.loads(body)) == [], url

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from inflame.submit import (
 )
 from inflame.targets.sagemaker import _botocore_model, instance_gpus, validate_request
 from tests.emulation import assert_all_ok, image_env, make_image_python, run_nodes
-from tests.helpers import offline_aws_env, write_cloud_spec
+from tests.helpers import loop_data, offline_aws_env, write_cloud_spec
 
 BUCKET = "inflame-test"
 ROLE = "arn:aws:iam::123456789012:role/inflame-sagemaker"
@@ -575,7 +576,7 @@ def sagemaker_node(
 
 def run_sagemaker_job(
     plan,
-    demo_set: Path,
+    demo_set: Path | dict[str, Path],
     where: Path,
     checkpoints: Path,
     bin_dir: Path,
@@ -587,7 +588,11 @@ def run_sagemaker_job(
     where.mkdir(parents=True)
     hosts_file = where / "dns"
     hosts_file.write_text("")
-    data = {name: demo_set / name for name in ("train", "val")}
+    data = (
+        demo_set
+        if isinstance(demo_set, dict)
+        else {name: demo_set / name for name in ("train", "val")}
+    )
     nodes = [
         sagemaker_node(
             plan, where / host, host, hosts, data, checkpoints, bin_dir, hosts_file, extra_env
@@ -894,3 +899,118 @@ def test_tensorboard_events_go_where_sagemaker_uploads_them(aws, sm_spec, tmp_pa
     assert scalars(paths.tensorboard_dir) == expected
     assert not (paths.run_dir / "tensorboard").exists()
     assert "TensorBoardOutputConfig" not in plan_submission(sm_spec(), "sagemaker").request
+
+
+def test_a_loop_retrains_each_round_as_a_sagemaker_job_from_the_last_model(
+    aws, tmp_path: Path, image_python: Path, monkeypatch
+):
+    """`inflame loop --target sagemaker`: each round's training set goes to S3 under a folder
+    of its own, the job reads its channels from there (fetched from moto's S3 as SageMaker
+    downloads them), starts from the previous round's model carried in the code bundle, and
+    its run comes back for the next query."""
+    from types import SimpleNamespace
+
+    from moto.sagemaker.responses import SageMakerResponse
+
+    from inflame.active.loop import run_loop
+
+    strict = SageMakerResponse.create_training_job  # the aws fixture's, checked
+    s3 = boto3.client("s3", region_name="us-east-1")
+    jobs: list[dict] = []
+
+    def fetch(uri: str, folder: Path) -> Path:
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for item in (item for page in pages for item in page.get("Contents", [])):
+            # S3Prefix: every key that starts with the prefix (the code bundle is one object)
+            name = item["Key"][len(prefix) :].lstrip("/") or item["Key"].rsplit("/", 1)[-1]
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+        return folder
+
+    def run_the_job(self):
+        answer = strict(self)
+        request = json.loads(self.body)
+        name = request["TrainingJobName"]
+        where = tmp_path / "jobs" / name
+        channels = {
+            c["ChannelName"]: fetch(
+                c["DataSource"]["S3DataSource"]["S3Uri"], where / "s3" / c["ChannelName"]
+            )
+            for c in request["InputDataConfig"]
+        }
+        jobs.append({"request": request, "channels": channels})
+        bundle = next(channels.pop("code").iterdir()).read_bytes()
+        plan = SimpleNamespace(request=request, bundle=SimpleNamespace(data=bundle), job_name=name)
+        assert_all_ok(
+            run_sagemaker_job(plan, channels, where / "nodes", where / "ckpt", image_python)
+        )
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            tar.add(where / "nodes" / "algo-1" / "opt" / "ml" / "model", arcname=".")
+        artifact = _training_job(name).model_artifacts["S3ModelArtifacts"]
+        bucket, _, key = artifact[len("s3://") :].partition("/")
+        s3.put_object(Bucket=bucket, Key=key, Body=raw.getvalue())
+        return answer
+
+    monkeypatch.setattr(SageMakerResponse, "create_training_job", run_the_job)
+    monkeypatch.setenv("INFLAME_HOME", str(tmp_path / "home"))
+    app = tmp_path / "app"  # the app's folder holds the data, the pool and the loop too
+    shutil.copytree(Path(__file__).parents[1] / "model_zoo" / "fowl_classifier", app)
+    data, pool = loop_data(app)
+    spec = write_cloud_spec(
+        app / "job.toml",
+        "loop_sm",
+        {"train": "d/train", "val": "d/val"},
+        "sagemaker",
+        {"role": ROLE, "region": "us-east-1", "output": f"s3://{BUCKET}/inflame"},
+        job={"app": "."},
+        hyperparameters={"epochs": 1},
+    )
+    out, rows = run_loop(
+        spec, pool=pool, oracle=data / "test", rounds=1, k=5, out=app / "loop",
+        target="sagemaker", data_uri=f"s3://{BUCKET}/loops/fowl", poll_s=0,
+    )  # fmt: skip
+    assert [(r["round"], r["labelled"], r["added"]) for r in rows] == [(0, 12, 0), (1, 17, 5)]
+    assert len(jobs) == 2
+    # each round's job read that round's training set and the validation set, from S3,
+    # under a folder of this loop's own
+    prefix = json.loads((out / "loop.json").read_text())["data_uri"]
+    assert re.fullmatch(rf"s3://{BUCKET}/loops/fowl/loop-[0-9a-f]{{6}}", prefix)
+    for index, job in enumerate(jobs):
+        uris = {
+            c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+            for c in job["request"]["InputDataConfig"]
+        }
+        assert uris["train"] == f"{prefix}/round-{index}/train/"
+        assert uris["val"] == f"{prefix}/inputs/val/"
+    assert _tree(jobs[0]["channels"]["val"]) == _tree(data / "val")
+    assert _tree(jobs[1]["channels"]["train"]) == _tree(out / "train")  # 12 + the 5 labelled
+    assert len(_tree(jobs[0]["channels"]["train"])) == 12
+    first, second = (
+        json.loads((out / "runs" / f"round-{i}" / "manifest.json").read_text()) for i in (0, 1)
+    )
+    assert first["platform"] == second["platform"] == "sagemaker"
+    assert "parent" not in first and "warm_start" not in first
+    # round 1 began from round 0's model, which travelled in its code bundle
+    assert second["parent"]["run"] == str((out / "runs" / "round-0").resolve())
+    assert second["parent"]["weights_sha256"] == first["weights_sha256"]
+    assert second["warm_start"]["new_classes"] == []
+    code = tmp_path / "jobs" / jobs[1]["request"]["TrainingJobName"] / "s3" / "code"
+    with tarfile.open(next(code.iterdir())) as bundle:
+        carried = bundle.extractfile("parent/model/weights.safetensors").read()
+        members = bundle.getnames()
+    assert "app/app.py" in members  # the data travel as uploads, never in the bundle
+    assert not [m for m in members if m.startswith(("app/d/", "app/pool/", "app/loop/"))]
+    parent_weights = out / "runs" / "round-0" / "model" / "weights.safetensors"
+    assert hashlib.sha256(carried).hexdigest() == sha256_file(parent_weights)
+    assert json.loads((out / "loop.json").read_text())["target"] == "sagemaker"
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

@@ -500,3 +500,28 @@ def test_a_tensorboard_link_that_cannot_work_is_refused(vx_spec, tracking, verte
         plan_submission(vx_spec(**tables), "vertex")
     message = " ".join(str(info.value).split())
     assert fragment in message and "vx.toml:" in message
+
+
+def test_upload_folder_sends_each_file_once_and_a_changed_one_again(gcp, tmp_path: Path):
+    """What `inflame loop --target vertex` uploads a round's training set with."""
+    from inflame.targets.vertex import TARGET
+
+    folder = tmp_path / "train"
+    for name, data in (("duck/1.jpg", b"\xff\xd8one"), ("hen/2.jpg", b"\xff\xd8two")):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    locator = {"project": "my-proj", "region": "us-central1"}
+
+    def uploads() -> int:
+        return sum(1 for method, path, _ in gcp.requests if path.startswith("/upload/"))
+
+    assert TARGET.upload_folder(folder, "gs://my-data/loops/r0/", locator) == 2
+    stored = gcp.root / "my-data" / "loops" / "r0"
+    assert (stored / "duck" / "1.jpg").read_bytes() == b"\xff\xd8one"
+    assert (stored / "hen" / "2.jpg").read_bytes() == b"\xff\xd8two"
+    assert uploads() == 2
+    TARGET.upload_folder(folder, "gs://my-data/loops/r0", locator)  # the same bytes
+    assert uploads() == 2
+    (folder / "hen" / "2.jpg").write_bytes(b"\xff\xd8changed")
+    TARGET.upload_folder(folder, "gs://my-data/loops/r0", locator)
+    assert uploads() == 3 and (stored / "hen" / "2.jpg").read_bytes() == b"\xff\xd8changed"

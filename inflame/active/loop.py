@@ -69,8 +69,13 @@ def run_loop(
     out: Path | None = None,
     overrides: Sequence[str] = (),
     seed: int = 0,
+    target: str | None = None,
+    data_uri: str | None = None,
+    poll_s: float = 15.0,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """Run the loop; returns its folder and the learning curve's rows (one per training)."""
+    """Run the loop; returns its folder and the learning curve's rows (one per training).
+    With `target`, every training runs as a cloud job there, reading its data from under
+    `data_uri` (`CloudRounds`); the querying and labelling stay here."""
     from inflame.launcher import train_local
     from inflame.predict import Predictor
     from inflame.spec import load_spec
@@ -79,10 +84,16 @@ def run_loop(
         raise InflameError(f"--rounds and --k must be at least 1 (got {rounds} and {k}).")
     if strategy not in STRATEGIES:
         raise InflameError(f"--strategy {strategy!r}: use one of {', '.join(STRATEGIES)}.")
+    if (target is None) != (data_uri is None):
+        raise InflameError(
+            "--target and --data-uri go together: the rounds' jobs read the training set "
+            "the loop uploads to --data-uri. Give both, or neither to train here."
+        )
     spec = load_spec(spec_path, list(overrides))
     if "train" not in spec.data or not spec.data["train"].is_local:
         raise InflameError(
-            f"{spec.path}: the loop trains here and needs a local `train` folder under [data]."
+            f"{spec.path}: the loop needs a local `train` folder under [data]: it adds the "
+            "labelled images to a copy of it (with --target, uploaded every round)."
         )
     source = spec.data["train"].path
     out = out or Path("loops") / f"{spec.job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -94,6 +105,13 @@ def run_loop(
             raise InflameError(f"--out {out} is inside {name} {folder}; put it elsewhere.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InflameError(f"--out {out} exists and is not an empty folder; choose a new one.")
+    cloud = None
+    if target is not None and data_uri is not None:
+        from inflame.active.cloud import CloudRounds
+
+        cloud = CloudRounds(
+            spec_path, target, data_uri, out, overrides, exclude=(pool, oracle), poll_s=poll_s
+        )
     labels = oracle_labels(oracle)
     unlabelled = [name for name, path in pool_images(pool) if sha256_file(path) not in labels]
     if unlabelled:
@@ -112,6 +130,7 @@ def run_loop(
         "k": k,
         "strategy": strategy,
         "seed": seed,
+        **(cloud.describe() if cloud is not None else {}),
     }
     (out / LOOP_JSON).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     rows: list[dict[str, Any]] = []
@@ -119,13 +138,16 @@ def run_loop(
     added = 0
     for index in range(rounds + 1):
         run_dir = out / "runs" / f"round-{index}"
-        result = train_local(
-            spec_path,
-            [*overrides, f"data.train={train.resolve()}"],
-            run_dir=run_dir,
-            init_from=parent,
-        )
-        saved = result.manifest.get("saved", {}).get("metrics", {})
+        if cloud is not None:
+            manifest = cloud(index, train, parent, run_dir)
+        else:
+            manifest = train_local(
+                spec_path,
+                [*overrides, f"data.train={train.resolve()}"],
+                run_dir=run_dir,
+                init_from=parent,
+            ).manifest
+        saved = manifest.get("saved", {}).get("metrics", {})
         rows.append(
             {
                 "round": index,

@@ -27,6 +27,7 @@ from inflame.deploy.archive import build_archive
 from inflame.deploy.plan import Created, DeployPlan, finished_run, roll_back
 from inflame.errors import InflameError
 from inflame.targets import base
+from inflame.targets.azure_rest import API_VERSIONS, MODEL_VERSION, model_violations
 
 SCORE = Path(__file__).with_name("azure_score.py")
 DEPLOYMENT = "inflame"  # the endpoint's one deployment
@@ -47,6 +48,10 @@ _DURATION_RE = re.compile(r"P(?:\d+D)?(?:T(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)
 CHECKS = (
     "azure-ai-ml's own schemas (the endpoint and deployment YAML load back with "
     "load_online_endpoint and load_online_deployment); the scoring script parses",
+    f"Azure ML's published REST models of the bodies (api-version {MODEL_VERSION}; MLClient "
+    f"sends OnlineEndpoint with {API_VERSIONS['OnlineEndpoint']} and OnlineDeployment with "
+    f"{API_VERSIONS['OnlineDeployment']}), in full: members, types, required and read-only "
+    "members, enum values, compute type",
     "Azure ML's rules on the REST bodies: endpoint and deployment names, auth mode, the "
     "managed online SKU list, instance count, traffic, environment variables",
 )
@@ -98,8 +103,18 @@ def _rule_violations(kind: str, name: str, body: Mapping[str, Any]) -> Iterator[
 
 
 def validate_online_request(kind: str, name: str, body: Mapping[str, Any]) -> None:
-    """Check an online endpoint or deployment, as sent over REST, as Azure ML does."""
-    base.refuse_problems(f"Azure ML online {kind}", list(_rule_violations(kind, name, body)))
+    """Check an online endpoint or deployment, as sent over REST, as Azure ML does: its
+    published model (OnlineEndpoint or OnlineDeployment) in full, then Azure ML's rules."""
+    problems = model_violations(
+        "OnlineEndpoint" if kind == "endpoint" else "OnlineDeployment", body
+    )
+    try:
+        rules = list(_rule_violations(kind, name, body))
+    except (AttributeError, TypeError, ValueError):
+        if not problems:  # the rules read a body of the model's shape: that is reported
+            raise
+        rules = []
+    base.refuse_problems(f"Azure ML online {kind}", list(dict.fromkeys(problems + rules)))
 
 
 def _state(provisioning_state: Any) -> str:

@@ -16,7 +16,8 @@ for a cluster, so submitting a spot job to a dedicated cluster is refused. The c
 size is read at submit time and checked against `gpus_per_node`.
 
 Every request is checked with azure-ai-ml's own job schema (the YAML loads with `load_job`)
-and, as sent over REST, against Azure ML's documented name, tier and input rules.
+and, as sent over REST, against Azure ML's published model of the body (`azure_rest`) and its
+documented name, tier and input rules.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from inflame.errors import InflameError
 from inflame.targets import base
+from inflame.targets.azure_rest import API_VERSIONS, MODEL_VERSION, model_violations
 from inflame.targets.base import (
     BoundPaths,
     Capabilities,
@@ -122,6 +124,7 @@ SERVICE_TYPES = (
 TENSORBOARD_DIR = "outputs/tensorboard"
 JOB_TIERS = ("Spot", "Basic", "Standard", "Premium", "Null")
 INPUT_MODES = ("ReadOnlyMount", "ReadWriteMount", "Download", "Direct", "EvalMount", "EvalDownload")
+DATASTORE_URI = re.compile(r"azureml://datastores/(?P<store>[^/]+)/paths/(?P<path>[^?#]+)")
 URI_SCHEMES = ("azureml://", "https://", "wasbs://", "abfss://")
 # GPUs per Azure VM size (Azure VM size documentation); keys are lower case.
 GPU_SIZES = {
@@ -221,13 +224,23 @@ def _rule_violations(name: str, body: Mapping[str, Any]) -> Iterator[str]:
 
 
 def validate_request(name: str, body: Mapping[str, Any]) -> None:
-    """Check a command job, as sent over REST, as strictly as Azure ML does (offline)."""
-    problems = list(_rule_violations(name, body))
-    base.refuse_problems("Azure ML job", problems)
+    """Check a command job, as sent over REST, as strictly as Azure ML does (offline): its
+    published model (JobBase) in full, then the documented rules the model cannot express."""
+    problems = model_violations("JobBase", body)
+    try:
+        rules = list(_rule_violations(name, body))
+    except (AttributeError, TypeError, ValueError):
+        if not problems:  # the rules read a body of the model's shape: that is reported
+            raise
+        rules = []
+    base.refuse_problems("Azure ML job", list(dict.fromkeys(problems + rules)))
 
 
 CHECKS = (
     "azure-ai-ml's own job schema (the YAML loads back with load_job)",
+    f"Azure ML's published REST model of the request (JobBase, api-version {MODEL_VERSION}; "
+    f"MLClient sends {API_VERSIONS['JobBase']}), in full: members, types, required and "
+    "read-only members, enum values, the job, input, output and distribution types",
     "Azure ML's documented rules on the REST body: job, experiment, input and output names, "
     "input URIs and modes, compute or serverless resources, job tier, distribution",
     "the VM size's GPU count against compute.gpus_per_node (a named cluster's size is read "
@@ -430,7 +443,8 @@ class AzureML(Provider):
         )
         from azure.ai.ml.entities._job.to_rest_functions import to_rest_job_object
 
-        request = to_rest_job_object(job).as_dict()  # what MLClient sends (PUT jobs/{name})
+        # what MLClient sends (PUT jobs/{name}): read-only members (the name) left out
+        request = to_rest_job_object(job).as_dict(exclude_readonly=True)
         validate_request(name, request)
         compute_name = compute or f"serverless {instance_type}"
         return base.build_plan(
@@ -518,6 +532,48 @@ class AzureML(Provider):
         return blob.ContainerClient(
             account_url, store.container_name, credential=self.credential(), **self.blob_options()
         )
+
+    def check_upload_uri(self, uri: str, where: str) -> None:
+        """inflame writes to datastore paths, the form a job input reads."""
+        if not DATASTORE_URI.fullmatch(uri.rstrip("/")):
+            raise InflameError(
+                f"{where} {uri}: inflame uploads to Azure ML datastore paths, "
+                "azureml://datastores/<datastore>/paths/<folder>; give one of those."
+            )
+
+    def upload_folder(self, folder: Path, uri: str, locator: dict[str, Any]) -> int:
+        """To a datastore path; a blob with the same MD5 is not sent again (the MD5 is set
+        on the blob, so that blobs uploaded in blocks carry one too)."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.storage.blob import ContentSettings
+
+        self.check_upload_uri(uri, "Upload to")
+        found = DATASTORE_URI.fullmatch(uri.rstrip("/"))
+        assert found is not None  # checked just above
+        container = self.container(locator, found["store"])
+
+        def put(name: str, to: str, data: bytes) -> None:
+            blob = container.get_blob_client(f"{found['path']}/{name}")
+            md5 = hashlib.md5(data).digest()
+
+            def stored_md5() -> bytes | None:
+                try:
+                    return blob.get_blob_properties().content_settings.content_md5
+                except ResourceNotFoundError:
+                    return None
+
+            if self.calls.read(f"Checking {to}", stored_md5) == md5:
+                return  # the same bytes, verified: not uploaded twice
+            self.calls.run(
+                f"Uploading {name} to {to}",
+                blob.upload_blob,
+                data,
+                overwrite=True,
+                validate_content=True,
+                content_settings=ContentSettings(content_md5=bytearray(md5)),
+            )
+
+        return base.upload_tree(folder, uri, put)
 
     def _check_cluster(self, client: Any, job: Any) -> None:
         """A named cluster: its VM size must carry gpus_per_node GPUs, and a spot job needs

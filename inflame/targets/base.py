@@ -427,6 +427,19 @@ def download_tree(
     return count
 
 
+def upload_tree(folder: Path, uri: str, put: Callable[[str, str, bytes], None]) -> int:
+    """Every file under `folder` (links followed, in name order) through `put(its posix
+    path below folder, its destination URI, its bytes)`; returns the number of files."""
+    if not folder.is_dir():
+        raise InflameError(f"{folder}: no such folder to upload.")
+    files = sorted(
+        (path.relative_to(folder).as_posix(), path) for path in folder.rglob("*") if path.is_file()
+    )
+    for name, path in files:
+        put(name, f"{uri.rstrip('/')}/{name}", path.read_bytes())
+    return len(files)
+
+
 def build_plan(
     provider: Provider,
     spec: JobSpec,
@@ -506,6 +519,21 @@ class Provider:
     def download(
         self, provider_id: str, locator: dict[str, Any], destination: Path, state: JobState
     ) -> Path:
+        raise NotImplementedError
+
+    def check_upload_uri(self, uri: str, where: str) -> None:
+        """Refuse (naming `where` the URI came from) a URI `upload_folder` cannot write to
+        or a job of this provider cannot read."""
+        schemes = self.capabilities.data_schemes
+        if not uri.startswith(schemes):
+            raise InflameError(
+                f"{where} {uri}: {self.name} jobs read data from {' or '.join(schemes)} URIs; "
+                "give a folder there that inflame may write to."
+            )
+
+    def upload_folder(self, folder: Path, uri: str, locator: dict[str, Any]) -> int:
+        """Copy every file under `folder` to `uri/<its path>` in the provider's storage (a
+        file already there with the same checksum is not sent again); returns the count."""
         raise NotImplementedError
 
     # inside the job

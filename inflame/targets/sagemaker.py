@@ -516,6 +516,12 @@ class SageMaker(Provider):
             ChecksumSHA256=checksum,
         )
 
+    def upload_folder(self, folder: Path, uri: str, locator: dict[str, Any]) -> int:
+        s3 = self.session(locator).client("s3")
+        return base.upload_tree(
+            folder, uri, lambda name, to, data: self.upload_once(s3, to, data, f"file {name}")
+        )
+
     def submit(self, plan: Plan) -> Submitted:
         session = self.session(plan.locator)
         s3 = session.client("s3")

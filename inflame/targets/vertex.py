@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import logging
+import mimetypes
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -513,6 +514,15 @@ class Vertex(Provider):
             content_type=content_type,
             checksum="md5",  # the client compares what Cloud Storage received
         )
+
+    def upload_folder(self, folder: Path, uri: str, locator: dict[str, Any]) -> int:
+        storage = self.calls.run("Connecting to Cloud Storage", self.storage_client, locator)
+
+        def put(name: str, to: str, data: bytes) -> None:
+            kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            self.upload_once(storage, to, data, kind, f"file {name}")
+
+        return base.upload_tree(folder, uri, put)
 
     @staticmethod
     def _link_tensorboard(spec: JobSpec, settings: Any, region: str) -> None:

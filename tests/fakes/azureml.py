@@ -99,7 +99,40 @@ class FakeAzureML:
 
             def do_HEAD(self) -> None:
                 fake.requests.append(("HEAD", self.path, b""))
+                parts = urlsplit(self.path)
+                if ".blob.core.windows.net/" in parts.path:  # Get Blob Properties
+                    _, container, *rest = unquote(parts.path).lstrip("/").split("/")
+                    name = "/".join(rest)
+                    data = fake.store.get((container, name))
+                    if data is None:
+                        return self._raw(404, b"", {"x-ms-error-code": "BlobNotFound"})
+                    headers = {"ETag": '"1"', "x-ms-blob-type": "BlockBlob"}
+                    if name not in fake.without_md5:
+                        headers["Content-MD5"] = b64encode(md5(data).digest()).decode()
+                    self.send_response(200)
+                    for key, value in {**headers, "Content-Length": str(len(data))}.items():
+                        self.send_header(key, value)
+                    return self.end_headers()
                 self._reply(404)
+
+            def _blob_put(self, parts: Any, body: bytes) -> None:
+                """Put Blob into a datastore's container: the whole blob in one request (the
+                service refuses a body whose Content-MD5 does not match, and stores it)."""
+                _, container, *rest = unquote(parts.path).lstrip("/").split("/")
+                if self.headers.get("x-ms-blob-type") != "BlockBlob" or parts.query:
+                    return self._raw(400, b"", {"x-ms-error-code": "UnsupportedHeader"})
+                digest = b64encode(md5(body).digest()).decode()
+                declared = self.headers.get("Content-MD5")
+                if declared is not None and declared != digest:
+                    return self._raw(400, b"", {"x-ms-error-code": "Md5Mismatch"})
+                fake.store[(container, "/".join(rest))] = body
+                fake.without_md5.discard("/".join(rest))
+                headers = {
+                    "ETag": '"1"',
+                    "Content-MD5": digest,
+                    "x-ms-request-server-encrypted": "true",
+                }
+                return self._raw(201, b"", headers)
 
             def _blob_get(self, parts: Any) -> None:
                 _, container, *rest = unquote(parts.path).lstrip("/").split("/")
@@ -247,6 +280,8 @@ class FakeAzureML:
                 if self._overloaded():
                     return None
                 parts = urlsplit(self.path)
+                if ".blob.core.windows.net/" in parts.path:
+                    return self._blob_put(parts, body)
                 if parts.path.startswith("/devstoreaccount1/"):
                     if "comp=metadata" in parts.query:
                         return self._reply(200, headers={"ETag": '"1"'})
