@@ -246,17 +246,18 @@ def _first_loss(run_dir: Path) -> float:
 
 
 def test_a_warm_start_begins_from_its_parent_and_records_the_lineage(tmp_path: Path, write_spec):
+    from inflame.launcher import train_local
+
     spec = write_spec(hyperparameters={"epochs": 15})
-    parent = run_inflame("train", "--local", spec, "--run-dir", tmp_path / "parent", cwd=tmp_path)
-    assert parent.returncode == 0, parent.stderr
+    train_local(spec, run_dir=tmp_path / "parent")  # in process: the CLI is tested below
     # one epoch at a tiny learning rate: its loss is that of the weights the run starts from
-    one = ["--set", "hyperparameters.epochs=1", "--set", "hyperparameters.learning_rate=0.00001"]
-    cold = run_inflame("train", "--local", spec, *one, "--run-dir", tmp_path / "cold", cwd=tmp_path)
+    one = ["hyperparameters.epochs=1", "hyperparameters.learning_rate=0.00001"]
+    train_local(spec, one, run_dir=tmp_path / "cold")
     warm = run_inflame(
-        "train", "--local", spec, *one, "--init-from", tmp_path / "parent",
-        "--run-dir", tmp_path / "warm", cwd=tmp_path,
+        "train", "--local", spec, *(a for o in one for a in ("--set", o)),
+        "--init-from", tmp_path / "parent", "--run-dir", tmp_path / "warm", cwd=tmp_path,
     )  # fmt: skip
-    assert cold.returncode == 0 and warm.returncode == 0, (cold.stderr, warm.stderr)
+    assert warm.returncode == 0, warm.stderr
     # it starts where the parent ended, far below a fresh model
     lines = (tmp_path / "parent" / "metrics.jsonl").read_text().splitlines()
     parent_last = [json.loads(line) for line in lines if "train_loss" in line][-1]["train_loss"]
@@ -270,11 +271,7 @@ def test_a_warm_start_begins_from_its_parent_and_records_the_lineage(tmp_path: P
     assert manifest["warm_start"]["new_classes"] == []  # ctx.record: a top-level key
     assert "parent" not in json.loads((tmp_path / "cold" / "manifest.json").read_text())
 
-    child = run_inflame(
-        "train", "--local", spec, *one, "--init-from", tmp_path / "warm",
-        "--run-dir", tmp_path / "child", cwd=tmp_path,
-    )  # fmt: skip
-    assert child.returncode == 0, child.stderr
+    train_local(spec, one, run_dir=tmp_path / "child", init_from=tmp_path / "warm")
     shown = run_inflame("runs", "show", tmp_path / "child", cwd=tmp_path)
     flat = " ".join(shown.stdout.split())
     assert f"parent {(tmp_path / 'warm').resolve()}" in flat
