@@ -463,3 +463,35 @@ def test_a_cloud_round_that_stops_says_what_still_runs_and_how_to_get_it(
     _, text = wait()
     assert "completed, but its run could not be downloaded: Reading s3://b/model" in text
     assert f"`inflame download 7 {run_dir}` tries again" in text
+
+
+def test_label_import_keeps_two_images_of_the_same_name_apart(tmp_path: Path):
+    """Labelled batches often reuse file names (camera counters): both images arrive."""
+    from inflame.active.labels import import_labels
+
+    make_demo_dataset(tmp_path / "set", per_class=2, image_size=32, seed=5, ratios=None)
+    make_demo_dataset(tmp_path / "new", per_class=2, image_size=32, seed=6, ratios=None)
+    label = sorted(p.name for p in (tmp_path / "set").iterdir() if p.is_dir())[0]
+    images = sorted((tmp_path / "new" / label).iterdir())
+    for batch, image in zip(("batch1", "batch2"), images, strict=True):
+        (tmp_path / "labelled" / label / batch).mkdir(parents=True)
+        shutil.copy(image, tmp_path / "labelled" / label / batch / "photo.jpg")
+    result = import_labels(tmp_path / "labelled", tmp_path / "set")
+    assert result.added == {label: [f"{label}/photo.jpg", f"{label}/photo-1.jpg"]}
+    stored = tmp_path / "set" / label
+    assert sha256_file(stored / "photo.jpg") == sha256_file(images[0])
+    assert sha256_file(stored / "photo-1.jpg") == sha256_file(images[1])
+
+
+def test_a_warm_start_refuses_a_parent_whose_model_changed(run: Path, tmp_path: Path):
+    """Locally as in the cloud: the parent's weights must be those its run recorded."""
+    from inflame.errors import RunError
+    from inflame.warmstart import parent_record
+
+    parent = tmp_path / "parent"
+    shutil.copytree(run, parent)
+    recorded = json.loads((parent / "manifest.json").read_text())["weights_sha256"]
+    assert parent_record(parent)["weights_sha256"] == recorded
+    (parent / "model" / "weights.safetensors").write_bytes(b"another model's weights")
+    with pytest.raises(RunError, match="has changed since the run finished"):
+        parent_record(parent)

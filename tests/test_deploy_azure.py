@@ -98,6 +98,8 @@ def test_bodies_that_break_azure_ml_rules_are_refused():
     }
     validate_online_request("deployment", "inflame", good)
     props = good["properties"]
+    texts = {**good, "properties": {**props, "environmentVariables": {"INFLAME_TOP_K": "3"}}}
+    validate_online_request("deployment", "inflame", texts)
     for name, body, message in (
         ("-x", good, "3-32 letters"),
         ("inflame", {**good, "sku": {"capacity": 0}}, "sku.capacity"),
@@ -106,6 +108,8 @@ def test_bodies_that_break_azure_ml_rules_are_refused():
          "ISO 8601"),
         ("inflame", {**good, "properties": {**props, "environmentVariables": {"A-B": "1"}}}, "A-B"),
         ("inflame", {**good, "location": ""}, "location: required"),
+        ("inflame", {**good, "properties": {**props, "environmentVariables": {"TOP_K": 3}}},
+         "text value"),
     ):  # fmt: skip
         with pytest.raises(InflameError, match=message):
             validate_online_request("deployment", name, body)
@@ -221,6 +225,20 @@ def test_a_failed_deployment_leaves_nothing_behind(azure: FakeAzureML, run: Path
     assert azure.online.endpoints == {} and azure.online.deployments == {}
     [record] = ledger.deployments()
     assert record.status == "failed" and record.error
+
+
+def test_an_endpoint_that_was_never_created_is_not_deleted(
+    azure: FakeAzureML, run: Path, tmp_path: Path
+):
+    """The rollback deletes only what this deploy created."""
+    from inflame.deploy.plan import deploy, plan_deployment
+
+    azure.fail_next[r"/onlineEndpoints/[^/?]+\?"] = 100  # every try to create it: 503
+    ledger = Ledger(tmp_path / "home" / "ledger.sqlite")
+    with pytest.raises(InflameError, match="Creating the endpoint"):
+        deploy(plan_deployment(run, "azure", OVERRIDES), ledger)
+    assert not [r for r in azure.requests if r[0] == "DELETE"]
+    assert azure.online.endpoints == {}
 
 
 # ---- Azure ML's published REST models (inflame/targets/azure_rest.py) ---------------------

@@ -163,6 +163,10 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
 # (module, the mutated line as written, mutated span) -> why no behaviour can tell the
 # mutant from the original (keyed by text, not line number, so edits above do not stale it)
 EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("labels", "target.parent.mkdir(parents=True, exist_ok=True)", "(False)"): (
+        "a target's parent is a class folder directly inside --into, which must exist: "
+        "there is never a missing parent to make"
+    ),
     ("predict", "for v, i in zip(values, indices, strict=True)", "(False)"): (
         "torch.topk returns values and indices of the same length: strict never fires"
     ),
@@ -386,8 +390,12 @@ def apply(source: str, mutant: Mutant) -> str:
     return mutated
 
 
+LINKED = (".test-deps",)  # ignored, installed by tools/install-test-deps.sh, never mutated
+
+
 def _scratch_copy(dest: Path) -> Path:
-    """The tracked and untracked-but-not-ignored files of the tree, without bytecode."""
+    """The tracked and untracked-but-not-ignored files of the tree, without bytecode, and
+    links to the test dependencies installed into the tree (`LINKED`)."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -400,6 +408,9 @@ def _scratch_copy(dest: Path) -> Path:
             target = dest / os.fsdecode(name)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
+    for name in LINKED:
+        if (ROOT / name).exists():
+            (dest / name).symlink_to(ROOT / name)
     return dest
 
 
