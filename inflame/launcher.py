@@ -599,8 +599,8 @@ def run_in_job(
         if name in spec.data and (note := adopt_listing(spec.data[name].value, path))
     }
     run_dir = paths.run_dir
-    parent, init_from = job_warm_start(spec.folder, paths.checkpoint_dir)  # submit --init-from
     restarted = any(paths.checkpoint_dir.glob("epoch-*.safetensors"))
+    parent, init_from = job_warm_start(spec.folder, restarted)  # submit --init-from
     manifest: dict[str, Any] = {}
     if rank == 0:  # only the first process hashes the inputs and writes the records
         for name, note in unlisted.items():

@@ -68,14 +68,11 @@ def bundled_parent(bundle_dir: Path) -> tuple[dict[str, Any], Path] | None:
     return record, folder / "model"
 
 
-def job_warm_start(
-    bundle_dir: Path, checkpoint_dir: Path
-) -> tuple[dict[str, Any] | None, Path | None]:
+def job_warm_start(bundle_dir: Path, restarted: bool) -> tuple[dict[str, Any] | None, Path | None]:
     """Inside a job: (the manifest's `parent`, the model folder the app starts from). A job
-    the platform restarted resumes from its own checkpoint, so it keeps its parent but starts
-    from no model; a job without a bundled parent has neither."""
+    the platform `restarted` resumes from its own checkpoint, so it keeps its parent but
+    starts from no model; a job without a bundled parent has neither."""
     found = bundled_parent(bundle_dir)
     if found is None:
         return None, None
-    restarted = any(checkpoint_dir.glob("epoch-*.safetensors"))
     return found[0], None if restarted else found[1]

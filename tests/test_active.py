@@ -391,12 +391,9 @@ def test_a_cloud_warm_start_carries_the_verified_parent_in_the_bundle(
     assert record["weights_sha256"] == manifest["weights_sha256"]
     assert model == job / "parent" / "model" and (model / "weights.safetensors").is_file()
     assert bundled_parent(tmp_path) is None  # not a warm start
-    checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    assert job_warm_start(job, checkpoints) == (record, model)
-    assert job_warm_start(tmp_path, checkpoints) == (None, None)
-    (checkpoints / "epoch-0001.safetensors").write_bytes(b"")  # a restarted job
-    assert job_warm_start(job, checkpoints) == (record, None)  # resumes its own checkpoint
+    assert job_warm_start(job, restarted=False) == (record, model)
+    assert job_warm_start(tmp_path, restarted=False) == (None, None)
+    assert job_warm_start(job, restarted=True) == (record, None)  # resumes its own checkpoint
     (model / "weights.safetensors").write_bytes(b"not the parent's weights")
     with pytest.raises(RunError, match="has changed since the run finished"):
         bundled_parent(job)

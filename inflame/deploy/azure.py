@@ -27,7 +27,7 @@ from inflame.deploy.archive import build_archive
 from inflame.deploy.plan import Created, DeployPlan, finished_run, roll_back
 from inflame.errors import InflameError
 from inflame.targets import base
-from inflame.targets.azure_rest import API_VERSIONS, MODEL_VERSION, model_violations
+from inflame.targets.azure_rest import API_VERSIONS, MODEL_VERSION, refuse_body
 
 SCORE = Path(__file__).with_name("azure_score.py")
 DEPLOYMENT = "inflame"  # the endpoint's one deployment
@@ -105,16 +105,8 @@ def _rule_violations(kind: str, name: str, body: Mapping[str, Any]) -> Iterator[
 def validate_online_request(kind: str, name: str, body: Mapping[str, Any]) -> None:
     """Check an online endpoint or deployment, as sent over REST, as Azure ML does: its
     published model (OnlineEndpoint or OnlineDeployment) in full, then Azure ML's rules."""
-    problems = model_violations(
-        "OnlineEndpoint" if kind == "endpoint" else "OnlineDeployment", body
-    )
-    try:
-        rules = list(_rule_violations(kind, name, body))
-    except (AttributeError, TypeError, ValueError):
-        if not problems:  # the rules read a body of the model's shape: that is reported
-            raise
-        rules = []
-    base.refuse_problems(f"Azure ML online {kind}", list(dict.fromkeys(problems + rules)))
+    model = "OnlineEndpoint" if kind == "endpoint" else "OnlineDeployment"
+    refuse_body(f"Azure ML online {kind}", model, body, lambda: _rule_violations(kind, name, body))
 
 
 def _state(provisioning_state: Any) -> str:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from inflame.errors import InflameError
 from inflame.targets import base
-from inflame.targets.azure_rest import API_VERSIONS, MODEL_VERSION, model_violations
+from inflame.targets.azure_rest import API_VERSIONS, MODEL_VERSION, refuse_body
 from inflame.targets.base import (
     BoundPaths,
     Capabilities,
@@ -226,14 +226,7 @@ def _rule_violations(name: str, body: Mapping[str, Any]) -> Iterator[str]:
 def validate_request(name: str, body: Mapping[str, Any]) -> None:
     """Check a command job, as sent over REST, as strictly as Azure ML does (offline): its
     published model (JobBase) in full, then the documented rules the model cannot express."""
-    problems = model_violations("JobBase", body)
-    try:
-        rules = list(_rule_violations(name, body))
-    except (AttributeError, TypeError, ValueError):
-        if not problems:  # the rules read a body of the model's shape: that is reported
-            raise
-        rules = []
-    base.refuse_problems("Azure ML job", list(dict.fromkeys(problems + rules)))
+    refuse_body("Azure ML job", "JobBase", body, lambda: _rule_violations(name, body))
 
 
 CHECKS = (
@@ -533,13 +526,20 @@ class AzureML(Provider):
             account_url, store.container_name, credential=self.credential(), **self.blob_options()
         )
 
-    def check_upload_uri(self, uri: str, where: str) -> None:
-        """inflame writes to datastore paths, the form a job input reads."""
-        if not DATASTORE_URI.fullmatch(uri.rstrip("/")):
+    @staticmethod
+    def _datastore_path(uri: str, where: str) -> re.Match[str]:
+        """`azureml://datastores/<store>/paths/<path>`, the form a job input reads and the
+        only one inflame writes to."""
+        found = DATASTORE_URI.fullmatch(uri.rstrip("/"))
+        if found is None:
             raise InflameError(
                 f"{where} {uri}: inflame uploads to Azure ML datastore paths, "
                 "azureml://datastores/<datastore>/paths/<folder>; give one of those."
             )
+        return found
+
+    def check_upload_uri(self, uri: str, where: str) -> None:
+        self._datastore_path(uri, where)
 
     def upload_folder(self, folder: Path, uri: str, locator: dict[str, Any]) -> int:
         """To a datastore path; a blob with the same MD5 is not sent again (the MD5 is set
@@ -547,9 +547,7 @@ class AzureML(Provider):
         from azure.core.exceptions import ResourceNotFoundError
         from azure.storage.blob import ContentSettings
 
-        self.check_upload_uri(uri, "Upload to")
-        found = DATASTORE_URI.fullmatch(uri.rstrip("/"))
-        assert found is not None  # checked just above
+        found = self._datastore_path(uri, "Upload to")
         container = self.container(locator, found["store"])
 
         def put(name: str, to: str, data: bytes) -> None:

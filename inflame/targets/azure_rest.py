@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import functools
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from inflame.errors import InflameError
@@ -53,6 +53,22 @@ def model_violations(model: str, body: Any) -> list[str]:
             f"({exc}): this version of azure-ai-ml lays them out differently. Use azure-ai-ml "
             "1.35 (`pip install 'azure-ai-ml>=1.35,<1.36'`), or report it."
         ) from None
+
+
+def refuse_body(what: str, model: str, body: Any, rules: Callable[[], Iterable[str]]) -> None:
+    """Refuse `body` (an InflameError listing every problem) when the published `model`
+    or the documented `rules` forbid it. The rules read a body of the model's shape: when
+    they trip over a malformed one, the model's problems already say why."""
+    from inflame.targets.base import refuse_problems
+
+    problems = model_violations(model, body)
+    try:
+        found = list(rules())
+    except (AttributeError, TypeError, ValueError):
+        if not problems:
+            raise
+        found = []
+    refuse_problems(what, list(dict.fromkeys(problems + found)))
 
 
 def _models() -> Any:
