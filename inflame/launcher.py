@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -342,20 +343,27 @@ def _log_to_mlflow(run_dir: Path, manifest: dict[str, Any]) -> None:
 def _execute_torchrun(
     run_dir: Path, spec_dir: Path, manifest: dict[str, Any], nproc_per_node: int, resume_hint: str
 ) -> TrainResult:
-    """Run the app in `nproc_per_node` processes (DDP) through torchrun on this machine."""
+    """Run the app in `nproc_per_node` processes (DDP) through torchrun on this machine.
+    torchrun's own log folder (its processes' error files) is removed afterwards: left to
+    itself, torchrun leaves one `torchelastic_*` folder in the temp dir per run."""
+    log_dir = tempfile.mkdtemp(prefix="inflame-torchrun-")
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         f"--nproc-per-node={nproc_per_node}",
+        f"--log-dir={log_dir}",
         "-m",
         "inflame.worker",
         str(run_dir),
         str(spec_dir),
     ]
     with on_sigterm(), _recorded(run_dir, manifest, resume_hint, world_size=nproc_per_node):
-        code = _run_torchrun(command, run_dir)
+        try:
+            code = _run_torchrun(command, run_dir)
+        finally:
+            shutil.rmtree(log_dir, ignore_errors=True)
         if code != 0:
             raise RunError(
                 f"A training process of {run_dir} failed (exit code {code}); its "

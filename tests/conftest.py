@@ -110,12 +110,17 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run `python -m inflame ARGS` in tmp_path with runs kept under tmp_path/runs."""
 
     def run(
-        *args: str | Path, check: bool = False, cwd: Path | None = None, timeout: float = 300
+        *args: str | Path,
+        check: bool = False,
+        cwd: Path | None = None,
+        timeout: float = 300,
+        **extra: str,
     ) -> subprocess.CompletedProcess[str]:
         env = guarded_env(
             INFLAME_RUNS_DIR=str(tmp_path / "runs"),
             COLUMNS="200",
             INFLAME_HOME=str(tmp_path / "home"),
+            **extra,
         )
         from tests.helpers import inflame_process
 

@@ -357,8 +357,21 @@ def test_demo_data_and_split_commands(cli, tmp_path: Path):
 
 def test_ddp_on_two_processes_is_deterministic_and_resumes(cli, write_spec, tmp_path: Path):
     spec = write_spec(hyperparameters={"epochs": 3})
-    first = cli("train", "--local", spec, "--nproc-per-node", "2", "--run-dir", tmp_path / "a")
+    temp = tmp_path / "temp"  # the processes' temp dir
+    temp.mkdir()
+    first = cli(
+        "train",
+        "--local",
+        spec,
+        "--nproc-per-node",
+        "2",
+        "--run-dir",
+        tmp_path / "a",
+        TMPDIR=str(temp),
+    )
     assert first.returncode == 0, first.stderr
+    # torchrun's per-run log folder is gone (torch's compile cache is per user, kept on purpose)
+    assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")] == []
     manifest = manifest_of(tmp_path / "a")
     assert manifest["status"] == "completed" and manifest["world_size"] == 2
     epochs = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
