@@ -4,8 +4,13 @@ recorded in the manifest; and data loading that replays exactly with any worker 
 from __future__ import annotations
 
 import json
+import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -16,6 +21,7 @@ from inflame.performance import Performance
 from inflame.spec import load_spec
 from inflame.training import fastpath, fit, seed_everything
 from inflame.training.loading import EpochOrder, SeededSamples
+from inflame.training.seeding import seed_rngs
 from tests.test_training import make_ctx
 
 
@@ -92,6 +98,23 @@ def test_each_epoch_draws_new_augmentations_and_a_new_order():
     second = list(order)
     assert sorted(i for _, i in first) == list(range(10)) == sorted(i for _, i in second)
     assert [i for _, i in first] != [i for _, i in second]
+
+
+def test_a_batch_is_its_samples_and_leaves_the_global_random_state_alone():
+    samples = SeededSamples(NoisyImages(4), seed=1)
+    keys = [(0, 2), (0, 0), (1, 2)]
+
+    def draws() -> tuple[list[float], float, float]:
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    seed_rngs(5)
+    batch = samples.__getitems__(keys)  # as the DataLoader asks for a batch
+    after = draws()
+    seed_rngs(5)
+    assert draws() == after  # the batch drew from its own seeds, not the global stream
+    for key, sample in zip(keys, batch, strict=True):
+        assert torch.equal(sample[0], samples[key][0])
+    assert not torch.equal(batch[0][0], batch[2][0])
 
 
 def test_shards_cover_the_data_padded_to_equal_sizes():
@@ -200,6 +223,29 @@ def test_deterministic_kernels_follow_the_switch(tmp_path: Path):
     assert not torch.are_deterministic_algorithms_enabled()
     train(tmp_path / "b", workers=0, epochs=1)  # auto on CPU: deterministic
     assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_deterministic_kernels_reach_inductor_without_loading_it_at_start():
+    # a fresh process: this one may have loaded inductor already
+    script = """
+import sys
+import torch
+from inflame.training import seed_everything
+from inflame.training.fastpath import deterministic_kernels
+seed_everything(1)
+loaded = "torch._inductor" in sys.modules
+on = (torch.are_deterministic_algorithms_enabled(),
+      torch.is_deterministic_algorithms_warn_only_enabled())
+import torch._inductor.config as inductor  # as torch.compile loads it, later
+first = inductor.deterministic
+deterministic_kernels(False)  # once loaded, through torch itself
+print(loaded, on, first, inductor.deterministic, torch.are_deterministic_algorithms_enabled())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_DETERMINISTIC"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["False", "(True,", "True)", "True", "False", "False"], out
 
 
 def test_a_compile_failure_at_the_first_batch_is_a_clear_error(tmp_path: Path, monkeypatch):

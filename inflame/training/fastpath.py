@@ -19,6 +19,7 @@ from torch import nn
 from inflame.allocator import loaded_allocator
 from inflame.errors import InflameError
 from inflame.performance import AUTO, Performance
+from inflame.training.seeding import deterministic_kernels
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CUBLAS_DETERMINISTIC = ":4096:8"
@@ -127,7 +128,7 @@ def apply(path: FastPath) -> None:
         if path.deterministic:  # effective only before cuBLAS starts: see deterministic_env
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_DETERMINISTIC)
     # seed_everything turned deterministic kernels on; a GPU run in "auto" turns them off
-    torch.use_deterministic_algorithms(path.deterministic, warn_only=True)
+    deterministic_kernels(path.deterministic)
 
 
 def deterministic_env(settings: Performance) -> None:

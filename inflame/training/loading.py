@@ -94,19 +94,25 @@ class SeededSamples(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        inner = key if self.takes_epoch else index
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        """A batch (the DataLoader asks for one at a time): the global random state is
+        saved and restored once per batch, not per sample (~0.2 ms each)."""
         if get_worker_info() is not None:  # a worker process: its state is its own
-            seed_rngs(sample_seed(self.seed, epoch, index), cpu_only=True)
-            return self.dataset[inner]
+            return [self._seeded(key) for key in keys]
         saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
         try:
-            seed_rngs(sample_seed(self.seed, epoch, index), cpu_only=True)
-            return self.dataset[inner]
+            return [self._seeded(key) for key in keys]
         finally:
             random.setstate(saved[0])
             np.random.set_state(saved[1])
             torch.random.set_rng_state(saved[2])
+
+    def _seeded(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        seed_rngs(sample_seed(self.seed, epoch, index), cpu_only=True)
+        return self.dataset[key if self.takes_epoch else index]
 
 
 def make_loader(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
+import sys
+
+INDUCTOR_DETERMINISTIC_ENV = "TORCHINDUCTOR_DETERMINISTIC"  # read when torch._inductor loads
 
 
 def seed_rngs(seed: int, *, cpu_only: bool = False) -> None:
@@ -24,8 +28,22 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
 
     seed_rngs(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic_kernels(True)
         torch.backends.cudnn.benchmark = False
+
+
+def deterministic_kernels(mode: bool) -> None:
+    """`torch.use_deterministic_algorithms(mode, warn_only=True)`, without importing
+    torch._inductor (about 3 s at every start) only to set its `deterministic` flag: until
+    something loads inductor (torch.compile does), the flag is passed through the variable
+    inductor reads when it loads."""
+    import torch
+
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+        return
+    os.environ[INDUCTOR_DETERMINISTIC_ENV] = "1" if mode else "0"
+    torch._C._set_deterministic_algorithms(mode, warn_only=True)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
