@@ -85,6 +85,25 @@ def test_fit_learns_logs_and_checkpoints(tmp_path: Path):
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if ".tmp" in p.name]
 
 
+def test_a_validation_set_of_one_sample_is_validated(tmp_path: Path):
+    seed_everything(0)
+    model = make_model()
+    one = TensorDataset(*(t[:1] for t in make_data(24, seed=1).tensors))
+    result = fit(
+        make_ctx(tmp_path),
+        model,
+        make_data(),
+        one,
+        epochs=1,
+        batch_size=8,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+    )
+    model.eval()
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model(one.tensors[0]), one.tensors[1]).item()
+    assert result.history[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_resume_from_any_epoch_matches_an_uninterrupted_run(tmp_path: Path):
     full = weights(run_fit(tmp_path / "full", epochs=5).model)
     run_fit(tmp_path / "part", epochs=5)
