@@ -6,6 +6,7 @@ An app is plain Python. It defines `train(ctx)` and may declare `HPARAMS`, a seq
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import sys
@@ -83,12 +84,17 @@ def load_app(ref: str) -> App:
     folder = file.parent
     name = folder.name if file.name == APP_FILE else file.stem
     module_name = f"inflame_app_{name.replace('-', '_')}"
-    if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(
-        file
-    ):
-        module = sys.modules[module_name]
+    code = _code_digest(folder, file)
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(file):
+        if getattr(loaded, _CODE_ATTR, None) == code:
+            module = loaded
+        else:  # edited since this process imported it (a notebook, a service): import again
+            _forget_modules_in(folder)
+            module = _import_file(module_name, file)
     else:
         module = _import_file(module_name, file)
+    setattr(module, _CODE_ATTR, code)
     if not callable(getattr(module, "train", None)):
         raise InflameError(
             f"App {file} has no `train(ctx)` function. An app must define `def train(ctx):` "
@@ -104,6 +110,31 @@ def load_app(ref: str) -> App:
             )
         check_declarations(declared, str(file))
     return App(name=name, folder=folder, file=file, module=module, hparams=declared)
+
+
+_CODE_ATTR = "__inflame_code_sha256__"
+
+
+def _code_digest(folder: Path, file: Path) -> str:
+    """The app file and the Python files beside it, by name and content: what a process
+    that imported the app must import again when it changed (the manifest hashes the files
+    on disk, so the code that runs must be that code)."""
+    digest = hashlib.sha256()
+    for path in sorted({file, *folder.glob("*.py")}):
+        try:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        except OSError:
+            digest.update(path.name.encode() + b"\0unreadable\0")
+    return digest.hexdigest()
+
+
+def _forget_modules_in(folder: Path) -> None:
+    """Drop the modules imported from `folder` (an app's siblings), so that importing the
+    app again imports them again too."""
+    for name, module in list(sys.modules.items()):
+        where = getattr(module, "__file__", None)
+        if where and Path(where).parent == folder:
+            del sys.modules[name]
 
 
 def _import_file(module_name: str, file: Path) -> ModuleType:
