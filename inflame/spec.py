@@ -484,7 +484,7 @@ def validate_spec(
             '"fowl_classifier", or a folder holding app.py.',
         )
     if _is_path_like(app):
-        app = str((folder / app).resolve())
+        app = str((folder / Path(app).expanduser()).resolve())
     seed = check.typed(job_raw.get("seed", 0), int, ("job", "seed"), "an integer")
     if seed < 0:
         raise check.fail(("job", "seed"), f"`job.seed` must be 0 or more, got {seed}.")

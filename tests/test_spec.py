@@ -57,6 +57,19 @@ def test_loads_typed_sections_and_resolves_paths_against_the_spec_folder(spec_fi
     assert spec.targets == {"sagemaker": {"region": "us-east-1"}}
 
 
+@pytest.mark.parametrize("ref", ["./my_app", "../apps/my_app", "apps/my_app", "app.py", "~/x"])
+def test_an_app_path_is_resolved_against_the_spec_folder_and_a_name_is_kept(
+    spec_file: Path, monkeypatch: pytest.MonkeyPatch, ref: str
+):
+    monkeypatch.chdir("/")  # not the spec's folder
+    monkeypatch.setenv("HOME", str(spec_file.parent))
+    spec_file.write_text(GOOD.replace('"fowl_classifier"', f'"{ref}"'))
+    home = spec_file.parent / "x" if ref == "~/x" else None  # `~` is the user's home
+    assert load_spec(spec_file).job.app == str((home or spec_file.parent / ref).resolve())
+    spec_file.write_text(GOOD)
+    assert load_spec(spec_file).job.app == "fowl_classifier"  # a model_zoo name
+
+
 def test_overrides_are_typed_and_repeatable(spec_file: Path):
     spec = load_spec(
         spec_file,

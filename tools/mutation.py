@@ -163,6 +163,10 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
 # (module, the mutated line as written, mutated span) -> why no behaviour can tell the
 # mutant from the original (keyed by text, not line number, so edits above do not stale it)
 EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("ledger", "@dataclass(frozen=True)", "(False)"): (
+        "JobRecord and DeploymentRecord are snapshots of a row that no code assigns to, "
+        "hashes or puts in a set: frozen guards against a future mistake, no behaviour today"
+    ),
     ("labels", "target.parent.mkdir(parents=True, exist_ok=True)", "(False)"): (
         "a target's parent is a class folder directly inside --into, which must exist: "
         "there is never a missing parent to make"
