@@ -7,6 +7,7 @@ host names resolve late, and a spot restart that resumes."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -188,6 +189,24 @@ def test_requests_are_checked_against_the_whole_model(sm_spec, change, fragment)
     with pytest.raises(InflameError, match="would be rejected") as info:
         validate_request(request)
     assert fragment in str(info.value)
+
+
+def test_numbers_at_the_models_bounds_pass_and_one_past_them_is_refused(sm_spec):
+    request = _good_request(sm_spec)
+    request["StoppingCondition"].update(MaxRuntimeInSeconds=1, MaxWaitTimeInSeconds=1)  # min 1
+    validate_request(request)
+    del request["EnableManagedSpotTraining"], request["StoppingCondition"]["MaxWaitTimeInSeconds"]
+    request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = 21600  # max 21600 (not with spot)
+    validate_request(request)
+    for where, key, value, says in (
+        ("StoppingCondition", "MaxRuntimeInSeconds", 0, "0 is outside 1..None"),
+        ("ResourceConfig", "KeepAlivePeriodInSeconds", 21601, "21601 is outside 0..21600"),
+    ):
+        bad = copy.deepcopy(request)
+        bad[where][key] = value
+        with pytest.raises(InflameError, match="would be rejected") as info:
+            validate_request(bad)
+        assert says in str(info.value)
 
 
 def test_botocore_and_moto_alone_accept_what_sagemaker_rejects(sm_spec, aws, monkeypatch):
