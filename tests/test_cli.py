@@ -140,44 +140,44 @@ def test_train_then_predict(cli, write_spec, demo_set: Path, tmp_path: Path):
     assert manifest_of(run_dir_of(other))["weights_sha256"] != manifest["weights_sha256"]
 
 
-@pytest.mark.parametrize("kill_after_epoch", [0, 3])
-def test_killed_run_resumes_to_the_same_weights(
-    cli, write_spec, tmp_path: Path, kill_after_epoch: int
-):
+def test_killed_run_resumes_to_the_same_weights(cli, write_spec, tmp_path: Path):
+    """Killed twice, before its first checkpoint and after epoch 3, resumed each time: the
+    same weights as a run never killed, every epoch logged once."""
     spec = write_spec(hyperparameters={"epochs": 7, "lr_schedule": "cosine"})
     reference = manifest_of(run_dir_of(cli("train", "--local", spec)))["weights_sha256"]
-
     run_dir = tmp_path / "killed"
     env = {**os.environ, "INFLAME_RUNS_DIR": str(tmp_path / "runs")}
-    proc = inflame_popen(
-        ["train", "--local", spec, "--run-dir", run_dir],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    marker = (
-        run_dir / "checkpoints" / f"epoch-{kill_after_epoch:04d}.safetensors"
-        if kill_after_epoch
-        else run_dir / "manifest.json"
-    )
-    deadline = time.monotonic() + 120
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (run_dir / "model" / "weights.safetensors").exists()
-    listed = [
-        json.loads(x)
-        for x in cli("runs", "--json", "--runs-dir", tmp_path, check=True).stdout.splitlines()
-    ]
-    assert [r["status"] for r in listed if r["run"] == str(run_dir)] == ["stopped"]
 
+    def kill_when(marker: Path, *args: str | Path) -> None:
+        proc = inflame_popen(
+            ["train", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        assert not (run_dir / "model" / "weights.safetensors").exists()
+        listed = [
+            json.loads(x)
+            for x in cli("runs", "--json", "--runs-dir", tmp_path, check=True).stdout.splitlines()
+        ]
+        assert [r["status"] for r in listed if r["run"] == str(run_dir)] == ["stopped"]
+
+    kill_when(run_dir / "manifest.json", "--local", spec, "--run-dir", run_dir)  # no checkpoint
+    assert not list((run_dir / "checkpoints").glob("*.safetensors"))
+    third = run_dir / "checkpoints" / "epoch-0003.safetensors"
+    kill_when(third, "--local", "--resume", run_dir)  # from the start, killed after epoch 3
+    logged = (run_dir / "metrics.jsonl").read_text().splitlines()[:3]  # with their timings
     resumed = cli("train", "--local", "--resume", run_dir)
     assert run_dir_of(resumed) == run_dir
     manifest = manifest_of(run_dir)
-    assert manifest["status"] == "completed" and len(manifest["resumed"]) == 1
+    assert manifest["status"] == "completed" and len(manifest["resumed"]) == 2
     assert manifest["weights_sha256"] == reference
     epochs = [
         json.loads(x)["epoch"]
@@ -185,6 +185,7 @@ def test_killed_run_resumes_to_the_same_weights(
         if '"epoch"' in x
     ]
     assert epochs == list(range(1, 8))
+    assert (run_dir / "metrics.jsonl").read_text().splitlines()[:3] == logged  # not run again
 
 
 def test_resume_refuses_a_changed_spec_or_a_finished_run(cli, write_spec):
