@@ -34,9 +34,9 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
 
 def deterministic_kernels(mode: bool) -> None:
     """`torch.use_deterministic_algorithms(mode, warn_only=True)`, without importing
-    torch._inductor (about 3 s at every start) only to set its `deterministic` flag: until
-    something loads inductor (torch.compile does), the flag is passed through the variable
-    inductor reads when it loads."""
+    torch._inductor just to set its `deterministic` flag (a second or more of start-up
+    where nothing else imports it): until something loads inductor (torch.compile does),
+    the flag is passed through the variable inductor reads when it loads."""
     import torch
 
     if "torch._inductor.config" in sys.modules:
