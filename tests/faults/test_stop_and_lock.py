@@ -73,6 +73,22 @@ def test_the_lock_names_its_holder_and_a_dead_holders_lock_is_taken_over(tmp_pat
         assert lock.took_over is None
 
 
+def test_a_held_lock_whose_file_is_unreadable_is_still_refused_cleanly(tmp_path: Path):
+    """A holder caught halfway through writing its lock file (or a damaged one)."""
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_bytes(b'\xff{"pid": 12')
+    fd = os.open(run / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: another holder
+        with pytest.raises(RunError, match=r"in use by another process: pid \? on \?"):
+            RunLock(run).acquire()
+    finally:
+        os.close(fd)
+
+
 def test_a_run_that_is_training_cannot_be_written_by_another_process(cli, write_spec, tmp_path):
     spec = write_spec(hyperparameters={"epochs": 8})
     run = tmp_path / "run"
