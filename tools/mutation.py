@@ -163,6 +163,10 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
 # (module, the mutated line as written, mutated span) -> why no behaviour can tell the
 # mutant from the original (keyed by text, not line number, so edits above do not stale it)
 EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("runlock", '"command": " ".join(sys.argv[:6]),', "(7)"): (
+        "how many words of the command line the lock file keeps for a person reading it; "
+        "nothing reads the field back, and no rule fixes the count"
+    ),
     ("ledger", "@dataclass(frozen=True)", "(False)"): (
         "JobRecord and DeploymentRecord are snapshots of a row that no code assigns to, "
         "hashes or puts in a set: frozen guards against a future mistake, no behaviour today"
