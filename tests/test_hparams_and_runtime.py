@@ -117,3 +117,13 @@ def test_range_checks_include_their_bounds_and_positive_excludes_zero():
     for value in (0, 0.0, -3):
         with pytest.raises(ValueError, match="must be positive"):
             positive(value)
+
+
+def test_a_declaration_is_a_value_no_code_can_change():
+    """An app's HPARAMS are module-level values shared by every run in the process."""
+    import dataclasses
+
+    lr = HParam("lr", float, 0.1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        lr.default = 0.5  # type: ignore[misc]
+    assert {lr: 1}[HParam("lr", float, 0.1)] == 1  # equal declarations are one key
