@@ -82,11 +82,12 @@ def free_port() -> int:
 def run_nodes(
     commands: Sequence[tuple[Sequence[str], Mapping[str, str], Path]], timeout: float = 400
 ) -> list[subprocess.CompletedProcess[str]]:
-    """Start every (command, env, cwd) at once, like a cluster's nodes, and wait for all."""
+    """Start every (command, env, cwd) at once, like a cluster's nodes, and wait for all.
+    Each node's temp dir is its own folder (as a container's is), not this machine's."""
     procs = [
         subprocess.Popen(
             list(command),
-            env=dict(env),
+            env={"TMPDIR": str(cwd), **env},
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
