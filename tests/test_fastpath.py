@@ -128,7 +128,7 @@ def test_fit_records_the_modes_it_ran_with(tmp_path: Path):
     _, ctx = train(tmp_path, workers=0, epochs=1)
     record = ctx.records["performance"]
     assert record["device"] == "cpu" and record["precision"] == "fp32"
-    assert record["channels_last"] is True  # a conv net
+    assert record["channels_last"] is False  # a plain conv net on 8 px images, on a CPU
     assert record["deterministic"] is True and record["data_workers"] == 0
     assert record["torch_threads"] == torch.get_num_threads()
 
@@ -142,6 +142,39 @@ def test_channels_last_is_applied_to_conv_nets_only():
     assert fastpath.resolve(Performance(), cpu, mlp).channels_last is False
     forced_off = fastpath.resolve(Performance(channels_last=False), cpu, conv_net())
     assert forced_off.channels_last is False
+
+
+class Squares(Dataset):
+    """Noise images of one side; each read draws from the global random stream."""
+
+    def __init__(self, side: int):
+        self.side = side
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        return torch.rand(3, self.side, self.side), i % 2
+
+
+def test_channels_last_on_a_cpu_follows_the_image_size_unless_convolutions_are_grouped():
+    cpu, fp32 = torch.device("cpu"), Performance(precision="fp32")
+    depthwise = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 6, 3, groups=6))
+    limit = fastpath.CPU_CHANNELS_LAST_MIN_SIDE
+    assert fastpath.resolve(fp32, cpu, conv_net(), Squares(limit - 1)).channels_last is False
+    assert fastpath.resolve(fp32, cpu, conv_net(), Squares(limit)).channels_last is True
+    assert fastpath.resolve(fp32, cpu, depthwise, Squares(8)).channels_last is True
+    assert fastpath.resolve(fp32, cpu, conv_net(), None).channels_last is True  # not sized
+    gpu = fastpath.resolve(fp32, torch.device("cuda"), conv_net(), Squares(8))
+    assert gpu.channels_last is True  # on a GPU for every conv net
+    forced = fastpath.resolve(Performance(channels_last=True), cpu, conv_net(), Squares(8))
+    assert forced.channels_last is True
+    net = conv_net()
+    seed_rngs(3)
+    fastpath.resolve(fp32, cpu, net, Squares(8), seed=1)
+    after = torch.rand(2)
+    seed_rngs(3)
+    assert torch.equal(torch.rand(2), after)  # sizing the data drew nothing from the stream
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -221,8 +254,11 @@ def test_fp16_resume_restores_the_gradient_scaler(tmp_path: Path, monkeypatch):
 def test_deterministic_kernels_follow_the_switch(tmp_path: Path):
     train(tmp_path / "a", workers=0, performance=Performance(deterministic=False), epochs=1)
     assert not torch.are_deterministic_algorithms_enabled()
+    torch.utils.deterministic.fill_uninitialized_memory = True
     train(tmp_path / "b", workers=0, epochs=1)  # auto on CPU: deterministic
     assert torch.are_deterministic_algorithms_enabled()
+    # without NaN-filling each new tensor (~4 % of a CPU step): same results for valid code
+    assert not torch.utils.deterministic.fill_uninitialized_memory
 
 
 def test_deterministic_kernels_reach_inductor_without_loading_it_at_start():

@@ -2,8 +2,9 @@
 
 On a GPU "auto" means: bf16 autocast where the GPU has it (else fp16 with a gradient
 scaler), TF32 matmuls and convolutions, channels_last for conv nets, cuDNN autotuning.
-On a CPU it means fp32, channels_last for conv nets, and deterministic kernels, so that a
-rerun (or a resumed run) at the same thread count ends with bit-identical weights.
+On a CPU it means fp32, deterministic kernels (so that a rerun, or a resumed run, at the
+same thread count ends with bit-identical weights), and channels_last where it is faster
+there: nets with grouped (depthwise) convolutions, and other conv nets from 96 px up.
 """
 
 from __future__ import annotations
@@ -15,13 +16,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from inflame.allocator import loaded_allocator
 from inflame.errors import InflameError
 from inflame.performance import AUTO, Performance
+from inflame.training.loading import SeededSamples
 from inflame.training.seeding import deterministic_kernels
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# On a CPU, channels_last slows plain conv nets on small images (resnet18 at 64 px: 6-13 %
+# slower; even at 96 px; 7-20 % faster from 128 px up) and speeds up nets with depthwise
+# convolutions at every size (mobilenet_v3_small, efficientnet_b0 at 64 px: +45-58 %).
+# Measured on a 2-CPU Xeon (AVX-512, AMX), torch 2.14; benchmarks/README.md.
+CPU_CHANNELS_LAST_MIN_SIDE = 96
 _CUBLAS_DETERMINISTIC = ":4096:8"
 
 
@@ -83,6 +91,34 @@ def has_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def has_grouped_conv2d(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+
+
+def input_shape(data: Dataset, seed: int) -> tuple[int, ...] | None:
+    """The shape of the first training input, drawn as epoch 0 draws it (the global random
+    state is untouched); None when the samples are not `(tensor, target)` pairs."""
+    if len(data) == 0:  # type: ignore[arg-type]
+        return None
+    sample = SeededSamples(data, seed)[(0, 0)]
+    if isinstance(sample, (tuple, list)) and sample and torch.is_tensor(sample[0]):
+        return tuple(sample[0].shape)
+    return None
+
+
+def _channels_last_pays(
+    model: nn.Module, device: torch.device, data: Dataset | None, seed: int
+) -> bool:
+    """ "auto": every conv net on a GPU; on a CPU, see CPU_CHANNELS_LAST_MIN_SIDE (without
+    `data` to size, every conv net)."""
+    if not has_conv2d(model):
+        return False
+    if device.type != "cpu" or has_grouped_conv2d(model) or data is None:
+        return True
+    sides = (input_shape(data, seed) or ())[-2:]
+    return len(sides) < 2 or min(sides) >= CPU_CHANNELS_LAST_MIN_SIDE
+
+
 def _bf16_supported(device: torch.device) -> bool:
     """bf16 in hardware: Ampere (compute capability 8.0) and newer GPUs. (torch's own
     is_bf16_supported() also counts emulated bf16, slower on a T4 or V100 than fp16.)"""
@@ -91,8 +127,15 @@ def _bf16_supported(device: torch.device) -> bool:
     return True
 
 
-def resolve(settings: Performance, device: torch.device, model: nn.Module) -> FastPath:
-    """The switches for this device and model ("auto" decided, forced values checked)."""
+def resolve(
+    settings: Performance,
+    device: torch.device,
+    model: nn.Module,
+    data: Dataset | None = None,
+    seed: int = 0,
+) -> FastPath:
+    """The switches for this device, model and (for channels_last on a CPU) the size of
+    `data`'s images ("auto" decided, forced values checked)."""
     gpu = device.type == "cuda"
     precision = settings.precision
     if precision == AUTO:
@@ -104,7 +147,7 @@ def resolve(settings: Performance, device: torch.device, model: nn.Module) -> Fa
         )
     channels_last = settings.channels_last
     if channels_last == AUTO:
-        channels_last = has_conv2d(model)
+        channels_last = _channels_last_pays(model, device, data, seed)
     deterministic = settings.deterministic
     if deterministic == AUTO:
         deterministic = not gpu

@@ -139,7 +139,7 @@ def fit(
     if mode not in (None, "min", "max"):
         raise InflameError(f'fit(mode=…) must be "min" or "max", got {mode!r}.')
     minimize = mode == "min" if mode is not None else "loss" in monitor
-    fast = fastpath.resolve(ctx.performance, ctx.device, model)
+    fast = fastpath.resolve(ctx.performance, ctx.device, model, train_data, ctx.seed)
     fastpath.apply(fast)
     fastpath.prepare_model(model, fast)
     reporter = reporter or make_reporter(enabled=ctx.is_main)
@@ -454,7 +454,7 @@ def evaluate(
 
     device = device or next(model.parameters()).device
     # fp32 unless asked: a test score should not depend on the device's autocast
-    fast = fastpath.resolve(performance or Performance(precision="fp32"), device, model)
+    fast = fastpath.resolve(performance or Performance(precision="fp32"), device, model, dataset)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
