@@ -30,6 +30,7 @@ from inflame.errors import (
 )
 from inflame.hashing import sha256_file, tree_digest
 from inflame.jobprep import PreparedJob, prepare_job
+from inflame.performance import threads_env
 from inflame.redact import redact
 from inflame.runlock import LOCK_FILE, RunLock
 from inflame.runs import (
@@ -361,7 +362,7 @@ def _execute_torchrun(
     ]
     with on_sigterm(), _recorded(run_dir, manifest, resume_hint, world_size=nproc_per_node):
         try:
-            code = _run_torchrun(command, run_dir)
+            code = _run_torchrun(command, run_dir, threads_env(nproc_per_node, os.environ))
         finally:
             shutil.rmtree(log_dir, ignore_errors=True)
         if code != 0:
@@ -375,7 +376,7 @@ def _execute_torchrun(
     return _finish(run_dir, manifest, inputs)
 
 
-def _run_torchrun(command: list[str], run_dir: Path) -> int:
+def _run_torchrun(command: list[str], run_dir: Path, extra_env: dict[str, str]) -> int:
     """Run torchrun in its own session and wait. On Ctrl-C or SIGTERM here, the stop file
     asks every process to stop at its next safe point (all at the same batch); they get
     STOP_GRACE_S, then the session is killed. A stop, asked here or by a signal the
@@ -383,7 +384,7 @@ def _run_torchrun(command: list[str], run_dir: Path) -> int:
     stop_file, stopped_file = run_dir / STOP_FILE, run_dir / STOPPED_FILE
     stop_file.unlink(missing_ok=True)
     stopped_file.unlink(missing_ok=True)
-    env = {**os.environ, STOP_FILE_ENV: str(stop_file.absolute())}
+    env = {**os.environ, **extra_env, STOP_FILE_ENV: str(stop_file.absolute())}
     proc = subprocess.Popen(command, env=env, start_new_session=True)
     interrupt: KeyboardInterrupt | None = None
     try:

@@ -7,11 +7,13 @@ No torch here: the spec parser validates these without importing it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 AUTO = "auto"
+THREADS_ENV = "OMP_NUM_THREADS"  # torch's intra-op threads in a process it starts
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 
 
@@ -61,3 +63,20 @@ def parse_performance(raw: Mapping[str, Any], fail: Callable[[str, str], Excepti
             raise fail(key, f"`compute.{key}` must be {_HELP[key]}, got {value!r}.")
         values[key] = value
     return Performance(**values)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset and cgroup CPU sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_env(processes: int, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment that gives each of `processes` training processes on one machine its
+    share of the CPUs. torchrun otherwise sets 1 thread each (two processes training on a
+    16-CPU machine would use 2 CPUs). A value the user set is kept."""
+    if env.get(THREADS_ENV):
+        return {}
+    return {THREADS_ENV: str(max(1, available_cpus() // max(1, processes)))}

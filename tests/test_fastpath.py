@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from inflame import performance
 from inflame.errors import SpecError
 from inflame.performance import Performance
 from inflame.spec import load_spec
@@ -142,6 +143,14 @@ def test_channels_last_is_applied_to_conv_nets_only():
     assert fastpath.resolve(Performance(), cpu, mlp).channels_last is False
     forced_off = fastpath.resolve(Performance(channels_last=False), cpu, conv_net())
     assert forced_off.channels_last is False
+
+
+def test_training_processes_share_the_cpus_unless_threads_are_set(monkeypatch):
+    monkeypatch.setattr(performance, "available_cpus", lambda: 16)
+    assert performance.threads_env(2, {}) == {"OMP_NUM_THREADS": "8"}  # torchrun: 1 each
+    assert performance.threads_env(3, {}) == {"OMP_NUM_THREADS": "5"}
+    assert performance.threads_env(32, {}) == {"OMP_NUM_THREADS": "1"}
+    assert performance.threads_env(2, {"OMP_NUM_THREADS": "4"}) == {}
 
 
 class Squares(Dataset):

@@ -9,7 +9,6 @@ resumed, and (up to the padding of the last shard) how many processes share the 
 from __future__ import annotations
 
 import math
-import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -18,17 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from inflame.performance import available_cpus
 from inflame.training.seeding import epoch_seed, seed_rngs
 
 MAX_AUTO_WORKERS = 8
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (respects taskset and cgroup CPU sets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
 
 
 def auto_workers(device: torch.device, local_processes: int = 1) -> int:
