@@ -8,11 +8,13 @@ network, two nodes of two processes on loopback, and a rerun that resumes."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,8 @@ from inflame.submit import (
 )
 from inflame.targets.azure import (
     DEFAULT_ENVIRONMENT,
+    FRESH_S,
+    KEEP_STAGED,
     TARGET,
     stage_bundle,
     validate_request,
@@ -310,6 +314,32 @@ def test_a_changed_staged_bundle_is_never_uploaded(az_spec, tmp_path: Path):
     again = stage_bundle(plan.bundle)
     assert again == staged and not (staged / "extra.py").exists()
     assert "tampered" not in (staged / "app" / "app.py").read_text()
+
+
+def test_unpacked_bundles_are_pruned_to_the_most_recently_used(az_spec, tmp_path: Path):
+    root = tmp_path / "home" / "bundles"
+    root.mkdir(parents=True)
+    now = time.time()
+    old = []
+    for age in range(KEEP_STAGED + 2):  # 12 old folders, a day apart, oldest last
+        folder = root / f"old{age:02d}"
+        (folder / "app").mkdir(parents=True)
+        (folder / "app" / "app.py").write_text("x = 1\n")
+        os.utime(folder, (now - 86400 * (age + 1),) * 2)
+        old.append(folder)
+    fresh = root / "uploading"  # another submission's, used a minute ago
+    fresh.mkdir()
+    os.utime(fresh, (now - 60,) * 2)
+    stale = root / ".staging-abc"  # left by a stopped unpack
+    stale.mkdir()
+    os.utime(stale, (now - FRESH_S - 60,) * 2)
+    (root / ".staging-now").mkdir()  # another submission unpacking now
+    staged = stage_bundle(plan_submission(az_spec(), "azure").bundle)
+    left = sorted(p.name for p in root.iterdir())
+    # the 10 most recently used: this bundle, the fresh one, the 8 most recent old ones
+    kept = [staged.name, "uploading", ".staging-now", *(p.name for p in old[: KEEP_STAGED - 2])]
+    assert left == sorted(kept)
+    assert (staged / "entry.sh").is_file()
 
 
 def azure_processes(

@@ -2,8 +2,9 @@
 knows about Azure ML lives in this module.
 
 The code bundle is unpacked into a content-addressed folder (`$INFLAME_HOME/bundles/<sha256>/`,
-checked file by file against the bundle before reuse) that becomes the job's `code`; Azure ML
-hashes it and skips the upload when that code is already registered. Each [data] input is a
+checked file by file against the bundle before reuse; the 10 most recently used are kept)
+that becomes the job's `code`; Azure ML hashes it and skips the upload when that code is
+already registered. Each [data] input is a
 `uri_folder` input mounted read-only; the run directory and the checkpoints are `uri_folder`
 outputs at fixed datastore paths per job, so a rerun resumes. Paths reach the job on its
 command line (`--data train=${{inputs.train}} --run-dir ${{outputs.run}}`), which
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shlex
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -295,16 +298,50 @@ def _staged_matches(folder: Path, bundle: Bundle) -> bool:
     return found == expected
 
 
+KEEP_STAGED = 10  # unpacked bundles kept (the most recently used), besides fresh ones
+FRESH_S = 3600.0  # a folder used this recently may be uploading: never removed
+
+
 def stage_bundle(bundle: Bundle) -> Path:
     """The bundle unpacked at `$INFLAME_HOME/bundles/<sha256>`, reused only when it still
-    holds exactly the bundle's files (else unpacked again)."""
+    holds exactly the bundle's files (else unpacked again). Older unpacked bundles beyond
+    the KEEP_STAGED most recently used are removed (each retraining round of a loop, say,
+    makes one, with its parent's weights)."""
     from inflame.ledger import inflame_home
-    from inflame.packaging import safe_extract
 
     folder = inflame_home() / "bundles" / bundle.sha256
+    _unpack(bundle, folder)
+    os.utime(folder)  # when it was last used
+    prune_staged(folder.parent, keep=folder)
+    return folder
+
+
+def prune_staged(root: Path, keep: Path, now: float | None = None) -> list[Path]:
+    """Remove the unpacked bundles (and stale `.staging-*` folders) under `root` beyond the
+    KEEP_STAGED most recently used, except `keep` and any used in the last FRESH_S."""
+    now = time.time() if now is None else now
+    used: dict[Path, float] = {}
+    for path in root.iterdir():
+        try:
+            if path.is_dir() and path != keep:
+                used[path] = path.stat().st_mtime
+        except OSError:  # removed meanwhile by another submission
+            continue
+    newest_first = sorted(used, key=used.__getitem__, reverse=True)
+    staging = [p for p in newest_first if p.name.startswith(".staging-")]
+    unpacked = [p for p in newest_first if p not in staging]
+    removed = [p for p in unpacked[KEEP_STAGED - 1 :] + staging if now - used[p] > FRESH_S]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def _unpack(bundle: Bundle, folder: Path) -> None:
+    from inflame.packaging import safe_extract
+
     if folder.is_dir():
         if _staged_matches(folder, bundle):
-            return folder
+            return
         shutil.rmtree(folder)  # changed since it was unpacked: never upload that
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
@@ -318,7 +355,6 @@ def stage_bundle(bundle: Bundle) -> Path:
                 f"Could not unpack the code bundle into {folder}; remove that folder and "
                 "submit again."
             ) from None
-    return folder
 
 
 def job_command(spec: JobSpec) -> str:
