@@ -1,10 +1,10 @@
 """The `inflame` command line: parse arguments, call the library, render the result.
 
 No logic lives here. Heavy modules (torch, torchvision, cloud SDKs) are imported inside
-the commands that need them, so `inflame --help` stays fast.
+the commands that need them, so `inflame --help` stays fast. For the same reason this
+module has no `from __future__ import annotations`: typer would then compile and eval
+every command's annotation strings (~700) on every start, ~35 ms.
 """
-
-from __future__ import annotations
 
 import json
 import os
