@@ -162,6 +162,7 @@ class Predictor(BasePredictor):
     def __init__(self, model_dir: Path, device: str | None = None):
         import torch
 
+        from inflame.memory_format import channels_last_pays
         from inflame.vision import eval_transform, load_classifier
 
         self.model, meta = load_classifier(model_dir)
@@ -170,6 +171,10 @@ class Predictor(BasePredictor):
         self.transform = eval_transform(prep["image_size"], prep["mean"], prep["std"])
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
+        size = (self.image_size, self.image_size)
+        self.channels_last = channels_last_pays(self.model, self.device, size)
+        if self.channels_last:  # as training's "auto" decides (inflame.memory_format)
+            self.model.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
@@ -182,8 +187,11 @@ class Predictor(BasePredictor):
         import torch
 
         batch = torch.stack([self.transform(torch.from_numpy(image)) for image in images])
+        batch = batch.to(self.device)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            logits = self.model(batch.to(self.device))
+            logits = self.model(batch)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from inflame import performance
+from inflame import memory_format, performance
 from inflame.errors import SpecError
 from inflame.performance import Performance
 from inflame.spec import load_spec
@@ -169,7 +169,7 @@ class Squares(Dataset):
 def test_channels_last_on_a_cpu_follows_the_image_size_unless_convolutions_are_grouped():
     cpu, fp32 = torch.device("cpu"), Performance(precision="fp32")
     depthwise = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 6, 3, groups=6))
-    limit = fastpath.CPU_CHANNELS_LAST_MIN_SIDE
+    limit = memory_format.CPU_CHANNELS_LAST_MIN_SIDE
     assert fastpath.resolve(fp32, cpu, conv_net(), Squares(limit - 1)).channels_last is False
     assert fastpath.resolve(fp32, cpu, conv_net(), Squares(limit)).channels_last is True
     assert fastpath.resolve(fp32, cpu, depthwise, Squares(8)).channels_last is True
@@ -310,3 +310,28 @@ def test_a_compile_failure_at_the_first_batch_is_a_clear_error(tmp_path: Path, m
     monkeypatch.setattr(torch, "compile", FailsToCompile)
     with pytest.raises(InflameError, match=r"no C\+\+ compiler found.*compute.compile = false"):
         train(tmp_path, workers=0, performance=Performance(compile=True), epochs=1)
+
+
+@pytest.mark.parametrize("size, expected", [(32, False), (96, True)])
+def test_predict_runs_channels_last_where_training_would_and_answers_the_same(
+    tmp_path: Path, size: int, expected: bool
+):
+    from inflame.predict import Predictor
+    from inflame.vision import build_classifier, save_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 3).eval()
+    folder = tmp_path / "model"
+    save_classifier(
+        model, folder, architecture="resnet18", classes=["a", "b", "c"], image_size=size
+    )
+    predictor = Predictor(folder, device="cpu")
+    assert predictor.channels_last is expected  # resnet18 on a CPU: from 96 px up
+    conv = predictor.model.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) is expected
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (3, predictor.side, predictor.side), np.uint8) for _ in range(4)]
+    with torch.no_grad():
+        logits = model(torch.from_numpy(predictor.normalized(images)))
+    expected_probabilities = torch.softmax(logits, dim=1).numpy()
+    np.testing.assert_allclose(predictor.probabilities(images), expected_probabilities, atol=1e-5)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from inflame import memory_format
 from inflame.allocator import loaded_allocator
 from inflame.errors import InflameError
 from inflame.performance import AUTO, Performance
@@ -25,11 +26,6 @@ from inflame.training.loading import SeededSamples
 from inflame.training.seeding import deterministic_kernels
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# On a CPU, channels_last slows plain conv nets on small images (resnet18 at 64 px: 6-13 %
-# slower; even at 96 px; 7-20 % faster from 128 px up) and speeds up nets with depthwise
-# convolutions at every size (mobilenet_v3_small, efficientnet_b0 at 64 px: +45-58 %).
-# Measured on a 2-CPU Xeon (AVX-512, AMX), torch 2.14; benchmarks/README.md.
-CPU_CHANNELS_LAST_MIN_SIDE = 96
 _CUBLAS_DETERMINISTIC = ":4096:8"
 
 
@@ -87,14 +83,6 @@ class FastPath:
         return record
 
 
-def has_conv2d(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def has_grouped_conv2d(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
-
-
 def input_shape(data: Dataset, seed: int) -> tuple[int, ...] | None:
     """The shape of the first training input, drawn as epoch 0 draws it (the global random
     state is untouched); None when the samples are not `(tensor, target)` pairs."""
@@ -104,19 +92,6 @@ def input_shape(data: Dataset, seed: int) -> tuple[int, ...] | None:
     if isinstance(sample, (tuple, list)) and sample and torch.is_tensor(sample[0]):
         return tuple(sample[0].shape)
     return None
-
-
-def _channels_last_pays(
-    model: nn.Module, device: torch.device, data: Dataset | None, seed: int
-) -> bool:
-    """ "auto": every conv net on a GPU; on a CPU, see CPU_CHANNELS_LAST_MIN_SIDE (without
-    `data` to size, every conv net)."""
-    if not has_conv2d(model):
-        return False
-    if device.type != "cpu" or has_grouped_conv2d(model) or data is None:
-        return True
-    sides = (input_shape(data, seed) or ())[-2:]
-    return len(sides) < 2 or min(sides) >= CPU_CHANNELS_LAST_MIN_SIDE
 
 
 def _bf16_supported(device: torch.device) -> bool:
@@ -147,7 +122,10 @@ def resolve(
         )
     channels_last = settings.channels_last
     if channels_last == AUTO:
-        channels_last = _channels_last_pays(model, device, data, seed)
+        shape = None  # the images' size matters only on a CPU
+        if data is not None and device.type == "cpu" and memory_format.has_conv2d(model):
+            shape = input_shape(data, seed)
+        channels_last = memory_format.channels_last_pays(model, device, shape)
     deterministic = settings.deterministic
     if deterministic == AUTO:
         deterministic = not gpu
