@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inflame.errors import InflameError
-from inflame.performance import threads_env
 
 if TYPE_CHECKING:  # pragma: no cover
     from inflame.targets.base import Provider
@@ -72,7 +71,7 @@ def torchrun_command(
 ) -> tuple[list[str], dict[str, str]]:
     """The torchrun command that starts this node's processes, and their environment."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
-    child_env = {**env, LAUNCHED_ENV: "1", **threads_env(nproc_per_node, env)}
+    child_env = {**env, LAUNCHED_ENV: "1"}
     if nnodes == 1:
         command.append("--standalone")
     else:

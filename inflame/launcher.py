@@ -362,7 +362,7 @@ def _execute_torchrun(
     ]
     with on_sigterm(), _recorded(run_dir, manifest, resume_hint, world_size=nproc_per_node):
         try:
-            code = _run_torchrun(command, run_dir, threads_env(nproc_per_node, os.environ))
+            code = _run_torchrun(command, run_dir, _threads(manifest, nproc_per_node))
         finally:
             shutil.rmtree(log_dir, ignore_errors=True)
         if code != 0:
@@ -374,6 +374,16 @@ def _execute_torchrun(
     inputs = json.loads(recorded.read_text()) if recorded.is_file() else {}
     recorded.unlink(missing_ok=True)
     return _finish(run_dir, manifest, inputs)
+
+
+def _threads(manifest: Mapping[str, Any], nproc_per_node: int) -> dict[str, str]:
+    """OMP_NUM_THREADS for the DDP processes (see `threads_env`); a resumed run's manifest
+    holds the count its processes ran with."""
+    import torch
+
+    recorded = (manifest.get("performance") or {}).get("torch_threads")
+    gpu = torch.cuda.is_available()
+    return threads_env(nproc_per_node, os.environ, gpu=gpu, recorded=recorded)
 
 
 def _run_torchrun(command: list[str], run_dir: Path, extra_env: dict[str, str]) -> int:

@@ -73,10 +73,15 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def threads_env(processes: int, env: Mapping[str, str]) -> dict[str, str]:
-    """The environment that gives each of `processes` training processes on one machine its
-    share of the CPUs. torchrun otherwise sets 1 thread each (two processes training on a
-    16-CPU machine would use 2 CPUs). A value the user set is kept."""
-    if env.get(THREADS_ENV):
+def threads_env(
+    processes: int, env: Mapping[str, str], *, gpu: bool, recorded: int | None = None
+) -> dict[str, str]:
+    """The environment for `processes` DDP processes training on this machine's CPUs: each
+    gets its share of the CPUs as torch threads (torchrun otherwise sets 1 each: two
+    processes on a 16-CPU machine used 2 CPUs). A resumed run keeps the count it started
+    with (`recorded`): bitwise results depend on it. Nothing changes with GPUs (the CPUs
+    feed them, in the data workers) or when the user set OMP_NUM_THREADS."""
+    if gpu or env.get(THREADS_ENV):
         return {}
-    return {THREADS_ENV: str(max(1, available_cpus() // max(1, processes)))}
+    threads = recorded or max(1, available_cpus() // max(1, processes))
+    return {THREADS_ENV: str(threads)}

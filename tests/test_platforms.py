@@ -12,7 +12,6 @@ import pytest
 
 from inflame.errors import InflameError
 from inflame.job import LAUNCHED_ENV, torchrun_command
-from inflame.performance import available_cpus
 from inflame.spec import KNOWN_TARGETS
 from inflame.targets import PROVIDERS, data_schemes, detect_platform, get_target
 
@@ -73,9 +72,6 @@ def test_torchrun_command_for_one_node_and_for_several(tmp_path: Path, algo_host
     assert "--standalone" in single and "--nproc-per-node=4" in single
     assert single[-4:] == ["inflame.job", "spec.toml", "--nproc-per-node", "4"]
     assert env[LAUNCHED_ENV] == "1"  # the processes it starts run the app, not torchrun
-    assert env["OMP_NUM_THREADS"] == str(max(1, available_cpus() // 4))  # not torchrun's 1
-    _, env = torchrun_command(["spec.toml"], SAGEMAKER, 1, 4, {"OMP_NUM_THREADS": "3"})
-    assert env["OMP_NUM_THREADS"] == "3"  # the user's choice stands
     platform_env = resourceconfig(tmp_path, "algo-2", ["algo-1", "algo-2"])
     multi, env = torchrun_command(["spec.toml"], SAGEMAKER, 2, 8, platform_env)
     assert {"--nnodes=2", "--node-rank=1", "--master-port=7777"} <= set(multi)
