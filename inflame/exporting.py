@@ -60,7 +60,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
         raise InflameError(f"--out {path} is a folder; give the file to write.")
     with RunLock(run_dir, purpose="exporting"):
         manifest = read_manifest(run_dir)
-        predictor = Predictor.from_run(run_dir, device="cpu")
+        # exported files hold the standard (contiguous) layout, whatever runs fastest here
+        predictor = Predictor.from_run(run_dir, device="cpu", channels_last=False)
         images, source = sample_images(predictor, manifest)
         metadata = {
             **predictor.meta,

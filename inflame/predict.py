@@ -159,7 +159,10 @@ class Predictor(BasePredictor):
 
     backend = "torch"
 
-    def __init__(self, model_dir: Path, device: str | None = None):
+    def __init__(
+        self, model_dir: Path, device: str | None = None, channels_last: bool | None = None
+    ):
+        """`channels_last`: None decides as training's "auto" does (inflame.memory_format)."""
         import torch
 
         from inflame.memory_format import channels_last_pays
@@ -171,16 +174,20 @@ class Predictor(BasePredictor):
         self.transform = eval_transform(prep["image_size"], prep["mean"], prep["std"])
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
-        size = (self.image_size, self.image_size)
-        self.channels_last = channels_last_pays(self.model, self.device, size)
-        if self.channels_last:  # as training's "auto" decides (inflame.memory_format)
+        if channels_last is None:
+            size = (self.image_size, self.image_size)
+            channels_last = channels_last_pays(self.model, self.device, size)
+        self.channels_last = channels_last
+        if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
+    def from_run(
+        cls, run_dir: str | Path, device: str | None = None, channels_last: bool | None = None
+    ) -> Predictor:
         """The run's model, after checking its files against the sha256s the run recorded."""
         verify_model_files(Path(run_dir))
-        return cls(Path(run_dir) / "model", device)
+        return cls(Path(run_dir) / "model", device, channels_last)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities (N, classes) of decoded images, in one forward pass."""

@@ -320,26 +320,28 @@ def test_unpacked_bundles_are_pruned_to_the_most_recently_used(az_spec, tmp_path
     root = tmp_path / "home" / "bundles"
     root.mkdir(parents=True)
     now = time.time()
-    old = []
-    for age in range(KEEP_STAGED + 2):  # 12 old folders, a day apart, oldest last
-        folder = root / f"old{age:02d}"
-        (folder / "app").mkdir(parents=True)
-        (folder / "app" / "app.py").write_text("x = 1\n")
-        os.utime(folder, (now - 86400 * (age + 1),) * 2)
-        old.append(folder)
-    fresh = root / "uploading"  # another submission's, used a minute ago
-    fresh.mkdir()
-    os.utime(fresh, (now - 60,) * 2)
-    stale = root / ".staging-abc"  # left by a stopped unpack
-    stale.mkdir()
-    os.utime(stale, (now - FRESH_S - 60,) * 2)
-    (root / ".staging-now").mkdir()  # another submission unpacking now
+
+    def folder(name: str, age_s: float) -> Path:
+        path = root / name
+        (path / "app").mkdir(parents=True)
+        (path / "app" / "app.py").write_text("x = 1\n")
+        os.utime(path, (now - age_s,) * 2)
+        return path
+
+    old = [folder(f"old{i}", 86400 * (i + 1)) for i in range(3)]  # days ago
+    recent = [folder(f"recent{i}", 60 * (i + 1)) for i in range(KEEP_STAGED)]  # minutes ago
+    stale = folder(".staging-abc", FRESH_S + 60)  # left by a stopped unpack
+    unpacking = folder(".staging-now", 5)  # another submission unpacking now
     staged = stage_bundle(plan_submission(az_spec(), "azure").bundle)
-    left = sorted(p.name for p in root.iterdir())
-    # the 10 most recently used: this bundle, the fresh one, the 8 most recent old ones
-    kept = [staged.name, "uploading", ".staging-now", *(p.name for p in old[: KEEP_STAGED - 2])]
-    assert left == sorted(kept)
+    left = set(root.iterdir())
+    # beyond the 10 most recently used, but used within the hour: kept (maybe uploading)
+    assert left == {staged, *recent, unpacking}
+    assert not any(p.exists() for p in [*old, stale])
     assert (staged / "entry.sh").is_file()
+    # reused: marked as used again, so it is never the one pruned
+    os.utime(staged, (now - 10 * FRESH_S,) * 2)
+    assert stage_bundle(plan_submission(az_spec(), "azure").bundle) == staged
+    assert time.time() - staged.stat().st_mtime < FRESH_S
 
 
 def azure_processes(

@@ -145,12 +145,15 @@ def test_channels_last_is_applied_to_conv_nets_only():
     assert forced_off.channels_last is False
 
 
-def test_training_processes_share_the_cpus_unless_threads_are_set(monkeypatch):
+def test_ddp_processes_on_cpus_share_them_unless_threads_are_set(monkeypatch):
     monkeypatch.setattr(performance, "available_cpus", lambda: 16)
-    assert performance.threads_env(2, {}) == {"OMP_NUM_THREADS": "8"}  # torchrun: 1 each
-    assert performance.threads_env(3, {}) == {"OMP_NUM_THREADS": "5"}
-    assert performance.threads_env(32, {}) == {"OMP_NUM_THREADS": "1"}
-    assert performance.threads_env(2, {"OMP_NUM_THREADS": "4"}) == {}
+    share = performance.threads_env
+    assert share(2, {}, gpu=False) == {"OMP_NUM_THREADS": "8"}  # torchrun: 1 each
+    assert share(3, {}, gpu=False) == {"OMP_NUM_THREADS": "5"}
+    assert share(32, {}, gpu=False) == {"OMP_NUM_THREADS": "1"}
+    assert share(2, {}, gpu=False, recorded=3) == {"OMP_NUM_THREADS": "3"}  # a resumed run
+    assert share(2, {"OMP_NUM_THREADS": "4"}, gpu=False) == {}  # the user's choice
+    assert share(2, {}, gpu=True) == {}  # GPUs: the CPUs feed them through the workers
 
 
 class Squares(Dataset):
@@ -335,3 +338,5 @@ def test_predict_runs_channels_last_where_training_would_and_answers_the_same(
         logits = model(torch.from_numpy(predictor.normalized(images)))
     expected_probabilities = torch.softmax(logits, dim=1).numpy()
     np.testing.assert_allclose(predictor.probabilities(images), expected_probabilities, atol=1e-5)
+    exported = Predictor(folder, device="cpu", channels_last=False)  # as `inflame export` loads
+    assert exported.model.conv1.weight.is_contiguous()

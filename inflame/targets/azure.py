@@ -311,7 +311,6 @@ def stage_bundle(bundle: Bundle) -> Path:
 
     folder = inflame_home() / "bundles" / bundle.sha256
     _unpack(bundle, folder)
-    os.utime(folder)  # when it was last used
     prune_staged(folder.parent, keep=folder)
     return folder
 
@@ -330,19 +329,29 @@ def prune_staged(root: Path, keep: Path, now: float | None = None) -> list[Path]
     newest_first = sorted(used, key=used.__getitem__, reverse=True)
     staging = [p for p in newest_first if p.name.startswith(".staging-")]
     unpacked = [p for p in newest_first if p not in staging]
-    removed = [p for p in unpacked[KEEP_STAGED - 1 :] + staging if now - used[p] > FRESH_S]
-    for path in removed:
+    removed = []
+    for path in unpacked[KEEP_STAGED - 1 :] + staging:
+        try:  # stat again: another submission may have just started to use it
+            if now - path.stat().st_mtime <= FRESH_S:
+                continue
+        except OSError:
+            continue
         shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     return removed
 
 
 def _unpack(bundle: Bundle, folder: Path) -> None:
+    """Unpack `bundle` at `folder` unless it holds exactly its files; marks it used."""
     from inflame.packaging import safe_extract
 
-    if folder.is_dir():
+    try:
+        os.utime(folder)  # in use from now on: another submission's pruning leaves it alone
         if _staged_matches(folder, bundle):
             return
         shutil.rmtree(folder)  # changed since it was unpacked: never upload that
+    except FileNotFoundError:  # not unpacked yet, or pruned meanwhile: unpack it
+        pass
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     safe_extract(bundle.data, staging)
