@@ -122,7 +122,10 @@ def fit(
     The manifest records which epoch that was (`saved`: epoch, monitor, mode, metrics).
 
     The [compute] speed switches (`ctx.performance`) decide precision, memory format and
-    determinism; `num_workers=None` picks the DataLoader workers from the CPU count."""
+    determinism; `num_workers=None` picks the DataLoader workers from the CPU count. On a
+    CPU with channels_last "auto", the first training sample is read once in this process
+    to size the images (a dataset that opens files lazily must open them per process, as
+    DataLoader workers need anyway)."""
     if epochs < 1:
         raise InflameError(f"epochs must be at least 1, got {epochs}.")
     if len(train_data) == 0:  # type: ignore[arg-type]
