@@ -15,9 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-CPU_CHANNELS_LAST_MIN_SIDE = (
-    96  # on a CPU, plain conv nets gain from channels_last at this image side
-)
+# on a CPU, plain conv nets gain from channels_last from this image side up
+CPU_CHANNELS_LAST_MIN_SIDE = 96
 
 
 def has_conv2d(model: nn.Module) -> bool:
