@@ -26,6 +26,9 @@ from inflame.training import fit, seed_everything
 from inflame.training.progress import SilentReporter
 from tests.test_training import make_ctx
 
+# deterministic cuBLAS needs this before cuBLAS starts (as `inflame train` sets it for a
+# `deterministic = true` run); the first test of this process starts it
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 GPU = torch.cuda.is_available()
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 64 if GPU else 32  # images; smaller on a CPU, where these tests only check themselves
