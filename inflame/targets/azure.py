@@ -315,10 +315,10 @@ def stage_bundle(bundle: Bundle) -> Path:
     return folder
 
 
-def prune_staged(root: Path, keep: Path, now: float | None = None) -> list[Path]:
+def prune_staged(root: Path, keep: Path) -> None:
     """Remove the unpacked bundles (and stale `.staging-*` folders) under `root` beyond the
     KEEP_STAGED most recently used, except `keep` and any used in the last FRESH_S."""
-    now = time.time() if now is None else now
+    now = time.time()
     used: dict[Path, float] = {}
     for path in root.iterdir():
         try:
@@ -329,7 +329,6 @@ def prune_staged(root: Path, keep: Path, now: float | None = None) -> list[Path]
     newest_first = sorted(used, key=used.__getitem__, reverse=True)
     staging = [p for p in newest_first if p.name.startswith(".staging-")]
     unpacked = [p for p in newest_first if p not in staging]
-    removed = []
     for path in unpacked[KEEP_STAGED - 1 :] + staging:
         try:  # stat again: another submission may have just started to use it
             if now - path.stat().st_mtime <= FRESH_S:
@@ -337,8 +336,6 @@ def prune_staged(root: Path, keep: Path, now: float | None = None) -> list[Path]
         except OSError:
             continue
         shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
 
 
 def _unpack(bundle: Bundle, folder: Path) -> None:

@@ -22,7 +22,7 @@ from inflame import memory_format
 from inflame.allocator import loaded_allocator
 from inflame.errors import InflameError
 from inflame.performance import AUTO, Performance
-from inflame.training.loading import SeededSamples
+from inflame.training.preview import sample_inputs
 from inflame.training.seeding import deterministic_kernels
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -86,12 +86,8 @@ class FastPath:
 def input_shape(data: Dataset, seed: int) -> tuple[int, ...] | None:
     """The shape of the first training input, drawn as epoch 0 draws it (the global random
     state is untouched); None when the samples are not `(tensor, target)` pairs."""
-    if len(data) == 0:  # type: ignore[arg-type]
-        return None
-    sample = SeededSamples(data, seed)[(0, 0)]
-    if isinstance(sample, (tuple, list)) and sample and torch.is_tensor(sample[0]):
-        return tuple(sample[0].shape)
-    return None
+    inputs = sample_inputs(data, seed, count=1)
+    return None if inputs is None else tuple(inputs.shape[1:])
 
 
 def _bf16_supported(device: torch.device) -> bool:
