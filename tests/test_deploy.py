@@ -62,6 +62,7 @@ def test_dry_run_shows_the_exact_valid_requests_offline(run: Path, tmp_path: Pat
     assert container["ModelDataUrl"] == plan["archive"]["uri"]
     assert container["Image"].endswith("/pytorch-inference:2.6-cpu-py312")
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert container["Environment"]["INFLAME_TOP_K"] == "5"  # `endpoint_top_k`'s default
     variant = plan["requests"][1]["request"]["ProductionVariants"][0]
     assert variant["ModelName"] == model["ModelName"] == plan["endpoint"]
     assert variant["InstanceType"] == "ml.m5.large"
@@ -74,6 +75,11 @@ def test_dry_run_shows_the_exact_valid_requests_offline(run: Path, tmp_path: Pat
         "--set", "targets.sagemaker.endpoint_instance_type=ml.m5.hugeish", cwd=tmp_path,
     )  # fmt: skip
     assert_clean_error(wrong, "not a SageMaker endpoint instance type", "endpoint_instance_type")
+    none = run_inflame(
+        "deploy", run, "--target", "sagemaker", "--dry-run", *SETTINGS,
+        "--set", "targets.sagemaker.endpoint_top_k=0", cwd=tmp_path,
+    )  # fmt: skip
+    assert_clean_error(none, "targets.sagemaker.endpoint_top_k")
 
 
 def test_the_handler_answers_as_predict_in_an_inference_image(
@@ -82,7 +88,8 @@ def test_the_handler_answers_as_predict_in_an_inference_image(
     from inflame.deploy.plan import plan_deployment
     from inflame.packaging import safe_extract
 
-    plan = plan_deployment(run, "sagemaker", OVERRIDES)
+    plan = plan_deployment(run, "sagemaker", [*OVERRIDES, "targets.sagemaker.endpoint_top_k=2"])
+    container = plan.requests[0][1]["PrimaryContainer"]
     model_dir = tmp_path / "opt" / "ml" / "model"
     safe_extract(plan.archive.data, model_dir)
     test_input = json.loads((run / "manifest.json").read_text())["data"]["inputs"]["test"]
@@ -107,14 +114,15 @@ def test_the_handler_answers_as_predict_in_an_inference_image(
         [str(image_python / "python"), str(driver)],
         capture_output=True,
         text=True,
-        env=image_env(image_python),
+        env=image_env(image_python, **container["Environment"]),  # the model's environment
         cwd=tmp_path,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     [answer] = json.loads(lines[0])["predictions"]
-    expected = next(Predictor.from_run(run).predict([image], top_k=3))
+    expected = next(Predictor.from_run(run).predict([image], top_k=2))
+    assert len(answer["top_k"]) == 2  # of 3 classes: the deployment's `endpoint_top_k`
     assert answer["label"] == expected["label"]
     assert answer["probability"] == pytest.approx(expected["probability"], abs=1e-4)
     assert [r["label"] for r in answer["top_k"]] == [r["label"] for r in expected["top_k"]]

@@ -68,6 +68,7 @@ def test_dry_run_shows_the_requests_offline(run: Path, tmp_path: Path):
     assert props["codeConfiguration"] == {"codeId": "CODE_ASSET_ID", "scoringScript": "score.py"}
     assert props["instanceType"] == "Standard_DS3_v2" and deployment["sku"]["capacity"] == 1
     assert props["environmentId"].startswith("azureml://registries/azureml/environments/acpt-")
+    assert props["environmentVariables"] == {"INFLAME_TOP_K": "5"}  # `endpoint_top_k`'s default
     manifest = json.loads((run / "manifest.json").read_text())
     assert endpoint["tags"]["inflame:weights-sha256"] == manifest["weights_sha256"]
     assert not (tmp_path / "home" / "ledger.sqlite").exists()  # a dry run records nothing
@@ -138,11 +139,12 @@ def test_the_scoring_script_answers_as_predict_in_the_inference_server(
     if not (SERVER / ".complete").is_file():
         pytest.fail(f"{SERVER} is missing: run `bash tools/install-test-deps.sh`")
     monkeypatch.setenv("INFLAME_HOME", str(tmp_path / "home"))
-    plan = plan_deployment(run, "azure", OVERRIDES)
+    plan = plan_deployment(run, "azure", [*OVERRIDES, "targets.azure.endpoint_top_k=2"])
+    variables = plan.requests[1][1]["properties"]["environmentVariables"]
     code = Path(plan.locator["code"])
     assert (code / "score.py").is_file() and (code / "model" / "model.json").is_file()
     port, log = _free_port(), tmp_path / "server.log"
-    env = image_env(image_python, AML_APP_ROOT=str(code), INFLAME_TOP_K="3")
+    env = image_env(image_python, AML_APP_ROOT=str(code), **variables)  # the deployment's
     env["PYTHONPATH"] += os.pathsep + str(SERVER)
     server = subprocess.Popen(
         [str(image_python / "python"), "-m", "azureml_inference_server_http",
@@ -170,7 +172,8 @@ def test_the_scoring_script_answers_as_predict_in_the_inference_server(
         )
         assert answer.status_code == 200, (answer.text, log.read_text())
         [prediction] = answer.json()["predictions"]
-        expected = next(Predictor.from_run(run).predict([image], top_k=3))
+        expected = next(Predictor.from_run(run).predict([image], top_k=2))
+        assert len(prediction["top_k"]) == 2  # of 3 classes: the deployment's `endpoint_top_k`
         assert prediction["label"] == expected["label"]
         assert prediction["probability"] == pytest.approx(expected["probability"], abs=1e-4)
         assert [r["label"] for r in prediction["top_k"]] == [r["label"] for r in expected["top_k"]]

@@ -56,9 +56,10 @@ def test_dry_run_shows_the_exact_valid_requests_offline(run: Path, tmp_path: Pat
     folder = f"gs://my-staging/team/inflame/models/{sha}/"
     assert plan["archive"]["uri"] == folder + "model.mar"
     assert upload["model"]["artifactUri"] == folder
-    assert upload["model"]["containerSpec"]["imageUri"] == (
-        "europe-docker.pkg.dev/vertex-ai/prediction/pytorch-cpu.2-4:latest"
-    )
+    assert upload["model"]["containerSpec"] == {
+        "imageUri": "europe-docker.pkg.dev/vertex-ai/prediction/pytorch-cpu.2-4:latest",
+        "env": [{"name": "INFLAME_TOP_K", "value": "5"}],  # `endpoint_top_k`'s default
+    }
     assert (upload["parent"], upload["modelId"], create["endpointId"]) == (PARENT, name, name)
     assert deploy["endpoint"] == f"{PARENT}/endpoints/{name}"
     assert deploy["deployedModel"]["model"] == f"{PARENT}/models/{name}"
@@ -162,7 +163,8 @@ def test_the_handler_answers_as_predict_under_torchserve(run: Path, tmp_path: Pa
     model loader with the JSON envelope, and called with a batch as TorchServe builds it."""
     from inflame.deploy.plan import plan_deployment
 
-    plan = plan_deployment(run, "vertex", OVERRIDES)
+    plan = plan_deployment(run, "vertex", [*OVERRIDES, "targets.vertex.endpoint_top_k=2"])
+    container = plan.requests[0][1]["model"]["containerSpec"]
     model_dir = tmp_path / "model-store" / "model"
     with zipfile.ZipFile(io.BytesIO(plan.archive.data)) as archive:
         archive.extractall(model_dir)
@@ -201,7 +203,7 @@ def test_the_handler_answers_as_predict_under_torchserve(run: Path, tmp_path: Pa
         [str(bin_dir / "python"), str(driver)],
         capture_output=True,
         text=True,
-        env=image_env(bin_dir),
+        env=image_env(bin_dir, **{e["name"]: e["value"] for e in container["env"]}),
         cwd=tmp_path,
         timeout=300,
     )
@@ -209,10 +211,11 @@ def test_the_handler_answers_as_predict_under_torchserve(run: Path, tmp_path: Pa
     enveloped, refused, whole, imported = result.stdout.splitlines()[-4:]
     [envelope_body] = json.loads(enveloped)  # TorchServe's JSON envelope: one body per request
     [whole_body] = json.loads(whole)
-    expected = list(Predictor.from_run(run).predict(images, top_k=5))
+    expected = list(Predictor.from_run(run).predict(images, top_k=2))
     for answers in (json.loads(envelope_body)["predictions"], whole_body["predictions"]):
         assert len(answers) == len(images)
         for answer, want in zip(answers, expected, strict=True):
+            assert len(answer["top_k"]) == 2  # of 3 classes: the model's `endpoint_top_k`
             assert answer["label"] == want["label"]
             assert answer["probability"] == pytest.approx(want["probability"], abs=1e-4)
             assert [r["label"] for r in answer["top_k"]] == [r["label"] for r in want["top_k"]]

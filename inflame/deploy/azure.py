@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from inflame.deploy.archive import build_archive
-from inflame.deploy.plan import Created, DeployPlan, finished_run, roll_back
+from inflame.deploy.plan import TOP_K_ENV, Created, DeployPlan, finished_run, roll_back
 from inflame.errors import InflameError
 from inflame.targets import base
 from inflame.targets.azure_rest import API_VERSIONS, MODEL_VERSION, refuse_body
@@ -168,6 +168,7 @@ class AzureEndpoints:
             instance_type=plan_like["instance_type"],
             instance_count=plan_like["instances"],
             request_settings=OnlineRequestSettings(request_timeout_ms=60_000),
+            environment_variables={TOP_K_ENV: str(plan_like["top_k"])},
             tags=dict(plan_like["tags"]),
         )
         return endpoint, deployment
@@ -201,6 +202,7 @@ class AzureEndpoints:
             "environment": settings["inference_environment"] or settings["environment"],
             "instance_type": instance_type,
             "instances": settings["endpoint_instances"],
+            "top_k": settings["endpoint_top_k"],
         }
         endpoint, deployment = self._entities(details)
         _round_trip(endpoint, ml.load_online_endpoint, "endpoint")

@@ -19,6 +19,8 @@ TARGETS = {
     "sagemaker": "inflame.deploy.sagemaker:SageMakerEndpoints",
     "vertex": "inflame.deploy.vertex:VertexEndpoints",
 }
+# the labels each answer lists (`endpoint_top_k`), read by every endpoint's handler
+TOP_K_ENV = "INFLAME_TOP_K"
 
 
 @dataclass(frozen=True)

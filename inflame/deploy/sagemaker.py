@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from inflame.deploy.archive import build_archive
-from inflame.deploy.plan import Created, DeployPlan, finished_run, roll_back
+from inflame.deploy.plan import TOP_K_ENV, Created, DeployPlan, finished_run, roll_back
 from inflame.targets import base
 from inflame.targets.sdk import import_sdk
 
@@ -81,6 +81,7 @@ class SageMakerEndpoints:
                             "SAGEMAKER_SUBMIT_DIRECTORY": f"{MODEL_DIR}/code",
                             "SAGEMAKER_REGION": region,
                             "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                            TOP_K_ENV: str(settings["endpoint_top_k"]),
                         },
                     },
                     "ExecutionRoleArn": settings["role"],

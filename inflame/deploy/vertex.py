@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from inflame.deploy.archive import MAR_MODEL_NAME, build_mar
-from inflame.deploy.plan import Created, DeployPlan, finished_run, roll_back
+from inflame.deploy.plan import TOP_K_ENV, Created, DeployPlan, finished_run, roll_back
 from inflame.errors import InflameError
 from inflame.targets import base
 from inflame.targets.sdk import import_sdk
@@ -214,7 +214,10 @@ class VertexEndpoints:
                     "model": {
                         "displayName": name,
                         "artifactUri": folder,
-                        "containerSpec": {"imageUri": image},
+                        "containerSpec": {
+                            "imageUri": image,
+                            "env": [{"name": TOP_K_ENV, "value": str(settings["endpoint_top_k"])}],
+                        },
                         "labels": labels,
                     },
                 },

@@ -108,6 +108,7 @@ SETTINGS = (
     # `inflame deploy --target azure` (inflame/deploy/azure.py)
     Setting("endpoint_instance_type", "Standard_DS3_v2"),
     Setting("endpoint_instances", 1, kind=int, minimum=1, maximum=100),
+    Setting("endpoint_top_k", 5, kind=int, minimum=1, maximum=1000),  # labels per answer
     Setting("inference_environment"),  # default: `environment` (it has the inference server)
 )
 # JobService.jobServiceType as the REST API names them (azure-ai-ml JobServiceTypeNames)

@@ -92,6 +92,7 @@ SETTINGS = (
     # `inflame deploy`: the real-time endpoint
     Setting("endpoint_instance_type", "ml.m5.large"),
     Setting("endpoint_instances", 1, kind=int, minimum=1),
+    Setting("endpoint_top_k", 5, kind=int, minimum=1, maximum=1000),  # labels per answer
     Setting("inference_image"),  # default: the region's PyTorch inference image
 )
 _STATES = {

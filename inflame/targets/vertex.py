@@ -106,6 +106,7 @@ SETTINGS = (
     # `inflame deploy --target vertex` (inflame/deploy/vertex.py)
     Setting("endpoint_machine_type", "n1-standard-4"),
     Setting("endpoint_replicas", 1, kind=int, minimum=1, maximum=1000),
+    Setting("endpoint_top_k", 5, kind=int, minimum=1, maximum=1000),  # labels per answer
     Setting("inference_image"),  # default: the region's prebuilt PyTorch prediction image
     Setting(  # a Vertex AI TensorBoard instance: Vertex sets AIP_TENSORBOARD_LOG_DIR
         "tensorboard",
