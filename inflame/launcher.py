@@ -253,10 +253,18 @@ def _recorded(
 
 
 def _execute(
-    app: App, ctx: Context, run_dir: Path, manifest: dict[str, Any], resume_hint: str
+    app: App,
+    ctx: Context,
+    run_dir: Path,
+    manifest: dict[str, Any],
+    resume_hint: str,
+    again: str = "run the same command again",
 ) -> TrainResult:
     """Run app.train(ctx) in this process (joining the process group when the job has
-    several) and, on rank 0, record the outcome."""
+    several) and, on rank 0, record the outcome. An error of the app's code or of memory
+    becomes an AppFailed that says what to do next: `resume_hint` once the run has a
+    checkpoint, else `again`."""
+    from inflame.appfault import training_failure
     from inflame.training.distributed import close_distributed, init_distributed
     from inflame.training.seeding import seed_everything
 
@@ -269,6 +277,12 @@ def _execute(
         try:
             seed_everything(ctx.seed)
             app.train(ctx)
+        except Exception as exc:
+            then = resume_hint if _has_checkpoint(run_dir) else again
+            failure = training_failure(exc, app.folder, then)
+            if failure is None:
+                raise
+            raise failure from exc
         finally:
             if distributed:
                 close_distributed()
@@ -347,11 +361,12 @@ def _execute_torchrun(
     """Run the app in `nproc_per_node` processes (DDP) through torchrun on this machine.
     torchrun's own log folder (its processes' error files) is removed afterwards: left to
     itself, torchrun leaves one `torchelastic_*` folder in the temp dir per run."""
+    _check_gpus(nproc_per_node)
     log_dir = tempfile.mkdtemp(prefix="inflame-torchrun-")
     command = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "inflame.ddp_agent",  # torchrun, without its summary of the processes' failures
         "--standalone",
         f"--nproc-per-node={nproc_per_node}",
         f"--log-dir={log_dir}",
@@ -368,7 +383,8 @@ def _execute_torchrun(
         if code != 0:
             raise RunError(
                 f"A training process of {run_dir} failed (exit code {code}); its "
-                f"error is printed above. Fix it, then {resume_hint}."
+                f"error is printed above. Fix it, then "
+                f"{resume_hint if _has_checkpoint(run_dir) else 'run the same command again'}."
             )
     recorded = run_dir / EXTRA_INPUTS
     inputs = json.loads(recorded.read_text()) if recorded.is_file() else {}
@@ -376,12 +392,33 @@ def _execute_torchrun(
     return _finish(run_dir, manifest, inputs)
 
 
+def _check_gpus(nproc_per_node: int) -> None:
+    """On a GPU machine each process takes a GPU of its own (NCCL refuses two processes on
+    one GPU, in the first collective): more processes than GPUs is refused before any
+    starts."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if 0 < count < nproc_per_node:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+        raise RunError(
+            f"This run trains in {nproc_per_node} processes (--nproc-per-node), one per GPU, "
+            f"but this machine has {count} GPU(s) visible{shown}, and NCCL cannot share a GPU "
+            f"between processes. Start it with --nproc-per-node {count} or fewer, or make "
+            f"more GPUs visible; a resumed run keeps the count it started with."
+        )
+
+
 def _threads(manifest: Mapping[str, Any], nproc_per_node: int) -> dict[str, str]:
     """OMP_NUM_THREADS for the DDP processes (see `threads_env`); a resumed run's manifest
     holds the count its processes ran with."""
     import torch
 
-    recorded = (manifest.get("performance") or {}).get("torch_threads")
+    performance = manifest.get("performance") or {}
+    # only a count that ran on CPUs: a GPU run's processes had 1 thread each (torchrun's)
+    on_cpu = str(performance.get("device", "cpu")) == "cpu"
+    recorded = performance.get("torch_threads") if on_cpu else None
     gpu = torch.cuda.is_available()
     return threads_env(nproc_per_node, os.environ, gpu=gpu, recorded=recorded)
 
@@ -580,11 +617,16 @@ def _remove(paths: Sequence[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run has saved an epoch (so `--resume` continues it)."""
+    return any((run_dir / "checkpoints").glob("epoch-*.safetensors"))
+
+
 def _discard_if_untrained(target: Path, named_by_us: bool, exc: InflameError) -> None:
     """A new run that failed before its first checkpoint (the app found bad data, say)
     holds nothing worth keeping: remove what it wrote, so the same command (or the same
     --run-dir) can simply be run again, and say so in the error."""
-    if any((target / "checkpoints").glob("epoch-*.safetensors")):
+    if _has_checkpoint(target):
         return
     if named_by_us:
         shutil.rmtree(target, ignore_errors=True)
@@ -659,7 +701,9 @@ def run_in_job(
         performance=spec.compute.performance,
         init_from=init_from,
     )
-    return _execute(app, ctx, run_dir, manifest, "the platform restarts it from there")
+    return _execute(
+        app, ctx, run_dir, manifest, "the platform restarts it from there", "submit the job again"
+    )
 
 
 def image_record(env: Mapping[str, str]) -> dict[str, Any]:

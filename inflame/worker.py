@@ -23,6 +23,7 @@ def main() -> None:
 
 def _work(run_dir: Path, spec_dir: Path) -> int:
     """Run this process's share of the job; the exit code (a crash still raises)."""
+    from inflame.appfault import training_failure
     from inflame.jobprep import prepare_job
     from inflame.launcher import EXTRA_INPUTS, STOPPED_FILE, handoff
     from inflame.runs import SPEC_FILE
@@ -41,7 +42,13 @@ def _work(run_dir: Path, spec_dir: Path) -> int:
         seed_everything(ctx.seed)  # the same initial weights in every process
         try:
             with on_sigterm():
-                job.app.train(ctx)
+                try:
+                    job.app.train(ctx)
+                except Exception as exc:  # the parent says what to do next
+                    failure = training_failure(exc, job.app.folder)
+                    if failure is None:
+                        raise
+                    raise failure from exc
             if ctx.is_main:  # for the parent's manifest
                 (run_dir / EXTRA_INPUTS).write_text(json.dumps(handoff(ctx)))
         finally:

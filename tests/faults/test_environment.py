@@ -140,3 +140,18 @@ def test_file_names_that_are_not_utf8_are_hashed_by_their_bytes(
     )
     result = cli("train", "--local", spec)
     assert result.returncode == 0, result.stderr
+
+
+def test_more_processes_than_gpus_is_refused_before_any_starts(write_spec, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(RunError) as refused:
+        train_local(write_spec(), run_dir=tmp_path / "ddp", nproc_per_node=2)
+    said = str(refused.value)
+    assert "trains in 2 processes (--nproc-per-node), one per GPU" in said
+    assert "this machine has 1 GPU(s) visible (CUDA_VISIBLE_DEVICES=3)" in said
+    assert "--nproc-per-node 1 or fewer" in said and "was cleared" in said
+    assert [p.name for p in (tmp_path / "ddp").iterdir()] == [".lock"]  # nothing else left

@@ -1,0 +1,181 @@
+"""Faults: a user's own app raises, or training runs out of memory. The user gets the app's
+part of the traceback (or what to lower) and what to do next, not a crash report that blames
+inflame; a bug in inflame itself still gets the crash report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from inflame import tomlfile
+from inflame.appfault import AppFailed, app_traceback, training_failure
+
+APP = '''"""An app with a switchable bug: the blobs MLP, trained with inflame's own loop."""
+import torch
+from torch.utils.data import TensorDataset
+
+from inflame import HParam
+from inflame.training.loop import fit
+
+HPARAMS = (HParam("bug", str, "none"), HParam("epochs", int, 2))
+
+
+class Net(torch.nn.Module):
+    def __init__(self, wrong):
+        super().__init__()
+        self.first = torch.nn.Linear(2, 8)
+        self.second = torch.nn.Linear(9 if wrong else 8, 2)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x)))
+
+
+def summarize(history):
+    return {"best": max(history["val_accuracy"])}
+
+
+def train(ctx):
+    bug = ctx.hparams["bug"]
+    if bug == "key":
+        settings = {"lr": 0.1}
+        return settings["learning_rate"]
+    if bug == "memory":
+        torch.empty(1 << 50, dtype=torch.uint8)  # a batch no machine holds
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] - x[:, 1] > 0).long()
+    model = Net(wrong=bug == "shape")
+    fit(
+        ctx, model, TensorDataset(x[:192], y[:192]), TensorDataset(x[192:], y[192:]),
+        epochs=ctx.hparams["epochs"], batch_size=32,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1), num_workers=0,
+    )
+    if bug == "after" and not (ctx.spec_dir / "fixed").exists():
+        return summarize({"val_loss": [1.0]})  # the bug: a key the history does not have
+    return None
+'''
+
+
+@pytest.fixture
+def app_spec(tmp_path: Path) -> Path:
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "app.py").write_text(APP, encoding="utf-8")
+    spec = {"job": {"name": "mine", "app": "./myapp", "seed": 1}}
+    path = tmp_path / "job.toml"
+    path.write_text(tomlfile.dumps(spec), encoding="utf-8")
+    return path
+
+
+def assert_app_error(result, *fragments: str) -> str:
+    """Exit code 1, the message and no crash report (no `bug in inflame`, no crash log)."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "bug in inflame" not in result.stderr and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+    return result.stderr
+
+
+def test_an_apps_own_error_shows_its_traceback_and_the_run_is_cleared(cli, app_spec, tmp_path):
+    said = assert_app_error(
+        cli("train", "--local", app_spec, "--set", "hyperparameters.bug=key"),
+        "The app's code raised KeyError: 'learning_rate'",
+        f'File "{tmp_path / "myapp" / "app.py"}", line 29, in train',
+        'return settings["learning_rate"]',
+        "then run the same command again",
+        "Nothing was trained",
+    )
+    assert "inflame/launcher.py" not in said  # only the app's part of the traceback
+    assert not list((tmp_path / "runs").glob("*"))  # nothing half-written
+    assert not (tmp_path / "home" / "logs").exists() or not any((tmp_path / "home/logs").iterdir())
+
+
+def test_a_shape_error_in_the_apps_model_names_its_forward(cli, app_spec, tmp_path):
+    said = assert_app_error(
+        cli("train", "--local", app_spec, "--set", "hyperparameters.bug=shape"),
+        "The app's code raised RuntimeError: mat1 and mat2 shapes cannot be multiplied",
+        "in forward",
+        "return self.second(torch.relu(self.first(x)))",
+    )
+    # from the app's train, through inflame's loop, to the app's forward and into torch
+    assert said.index("in train") < said.index("inflame/training/loop.py") < said.index("forward")
+
+
+def test_an_app_error_after_training_resumes_once_fixed_without_training_again(
+    cli, app_spec, tmp_path
+):
+    failed = cli("train", "--local", app_spec, "--set", "hyperparameters.bug=after")
+    said = assert_app_error(failed, "KeyError: 'val_accuracy'", "in summarize", "--resume")
+    [run] = (tmp_path / "runs").iterdir()
+    assert f"--resume {run}" in " ".join(said.split())
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+    (tmp_path / "fixed").touch()  # the user fixes the app
+    resumed = cli("train", "--local", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    epochs = [json.loads(line).get("epoch") for line in (run / "metrics.jsonl").open()]
+    assert [e for e in epochs if e] == [1, 2]  # trained once: the resume only finished
+
+
+def test_a_run_out_of_memory_says_what_to_lower(cli, app_spec, tmp_path):
+    said = assert_app_error(
+        cli("train", "--local", app_spec, "--set", "hyperparameters.bug=memory"),
+        "Training ran out of memory (RAM)",
+        "can't allocate memory",
+        "--set hyperparameters.batch_size=16",
+    )
+    assert "The app's code raised" not in said
+
+
+def test_an_error_in_one_ddp_process_is_the_apps_error(cli, app_spec, tmp_path):
+    result = cli(
+        "train", "--local", app_spec, "--set", "hyperparameters.bug=key", "--nproc-per-node", "2"
+    )
+    assert result.returncode == 2, result.stderr  # the parent's RunError
+    said = result.stderr
+    assert said.count("The app's code raised KeyError: 'learning_rate'") == 2  # each process
+    assert "bug in inflame" not in said and "Traceback" not in said  # torchrun's summary: gone
+    assert "ChildFailedError" not in said and "Root Cause" not in said
+    assert "failed (exit code 1); its error is printed above" in said
+    assert "run the same command again" in said and "--resume" not in said  # nothing trained
+    assert not list((tmp_path / "runs").glob("*"))
+
+
+def test_a_bug_in_inflame_called_by_the_app_is_still_inflames(tmp_path: Path):
+    from inflame.hashing import sha256_file
+
+    file = tmp_path / "calls.py"
+    file.write_text(
+        "def inflames_fault():\n    return sha256_file(1.5)\n"
+        "def apps_fault():\n    return sha256_fiel(1.5)\n",
+        encoding="utf-8",
+    )
+    namespace = {"sha256_file": sha256_file}
+    exec(compile(file.read_text(), str(file), "exec"), namespace)
+    with pytest.raises(TypeError) as inflames:  # raised in inflame's code, called by the app
+        namespace["inflames_fault"]()
+    assert app_traceback(inflames.value, tmp_path) is None
+    assert training_failure(inflames.value, tmp_path, "again") is None  # the crash report
+    with pytest.raises(NameError) as apps:  # raised in the app's own line
+        namespace["apps_fault"]()
+    shown = app_traceback(apps.value, tmp_path)
+    assert shown is not None and shown.startswith("NameError: name 'sha256_fiel'")
+    assert f'File "{file}", line 4, in apps_fault' in shown
+
+
+def test_a_gpu_out_of_memory_error_names_the_gpu_and_mixed_precision(tmp_path: Path):
+    message = (
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 "
+        "GiB of which 1.02 GiB is free. Including non-PyTorch memory, this process has 78.16 "
+        "GiB memory in use. Of the allocated memory 77.50 GiB is allocated by PyTorch. If "
+        "reserved but unallocated memory is large try setting "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
+    )
+    failure = training_failure(torch.OutOfMemoryError(message), tmp_path, "start a new run")
+    assert isinstance(failure, AppFailed) and failure.exit_code == 1
+    text = str(failure)
+    assert text.startswith("Training ran out of GPU memory (CUDA out of memory. Tried to")
+    assert "this process has 78.16 GiB memory in use" in text and "If reserved" not in text
+    assert 'precision = "bf16"' in text and text.endswith("; then start a new run.")
