@@ -154,6 +154,14 @@ def test_ddp_processes_on_cpus_share_them_unless_threads_are_set(monkeypatch):
     assert share(2, {}, gpu=False, recorded=3) == {"OMP_NUM_THREADS": "3"}  # a resumed run
     assert share(2, {"OMP_NUM_THREADS": "4"}, gpu=False) == {}  # the user's choice
     assert share(2, {}, gpu=True) == {}  # GPUs: the CPUs feed them through the workers
+    from inflame.launcher import _threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the suite's workers set it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # resumed on CPUs:
+    ran_on = {"torch_threads": 3}  # the count a CPU run ran with is kept
+    assert _threads({"performance": {**ran_on, "device": "cpu"}}, 2) == {"OMP_NUM_THREADS": "3"}
+    # a GPU run's processes had torchrun's 1 thread each: not a count to keep on CPUs
+    assert _threads({"performance": {**ran_on, "device": "cuda:0"}}, 2) == {"OMP_NUM_THREADS": "8"}
 
 
 class Squares(Dataset):
@@ -201,6 +209,28 @@ def test_mixed_precision_trains_and_resumes(tmp_path: Path, precision: str):
     assert fast.scaler().is_enabled() is (precision == "fp16")
     again, _ = train(tmp_path, workers=0, performance=settings, epochs=3)  # resumes
     assert [h["epoch"] for h in again.history] == [1, 2, 3]
+
+
+def test_a_resume_gives_the_optimizer_state_its_parameters_layout(tmp_path: Path):
+    settings = Performance(channels_last=True)
+    straight, _ = train(tmp_path / "straight", workers=0, performance=settings, epochs=2)
+    train(tmp_path / "resumed", workers=0, performance=settings, epochs=1)
+    seed_everything(0)
+    model = conv_net()
+    ctx = make_ctx(tmp_path / "resumed")
+    ctx.performance = settings
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    resumed = fit(
+        ctx, model, NoisyImages(), NoisyImages(12), epochs=2, batch_size=8,
+        optimizer=optimizer, num_workers=0,
+    )  # fmt: skip
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    weight = model[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    momentum = optimizer.state[weight]["momentum_buffer"]
+    assert momentum.stride() == weight.stride()  # as its parameter, not the checkpoint's
+    for name, value in straight.model.state_dict().items():  # and the same run as no stop
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
 
 
 def test_auto_is_fp32_and_deterministic_on_cpu():

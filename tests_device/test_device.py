@@ -70,7 +70,8 @@ def test_auto_picks_the_devices_fast_path_and_learns(tmp_path: Path):
     assert max(h["val_accuracy"] for h in result.history) > 0.6  # chance is 0.33
     if GPU:
         assert record["device"].startswith("cuda") and record["device_name"]
-        assert record["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        native_bf16 = torch.cuda.get_device_capability() >= (8, 0)  # not emulated bf16
+        assert record["precision"] == ("bf16" if native_bf16 else "fp16")
         assert record["channels_last"] is True and record["tf32"] is True
         assert record["deterministic"] is False and record["cudnn_benchmark"] is True
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
@@ -138,12 +139,16 @@ def test_inflame_train_and_predict_end_to_end_on_this_device(tmp_path: Path):
     from inflame.predict import Predictor
 
     images = sorted((tmp_path / "data").rglob("*.jpg"))[:8]
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both sides (fit turned TF32 on)
+    torch.backends.cudnn.allow_tf32 = False
     here = Predictor.from_run(tmp_path / "run")
     cpu = Predictor.from_run(tmp_path / "run", device="cpu")
     assert here.device.type == ("cuda" if GPU else "cpu")
     decoded = [here.decode(p) for p in images]
     on_device, on_cpu = here.probabilities(decoded), cpu.probabilities(decoded)
-    assert (on_device.argmax(1) == on_cpu.argmax(1)).all()
+    top_two = np.sort(on_cpu, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 1e-2  # a near-tie may flip on another device
+    assert (on_device.argmax(1) == on_cpu.argmax(1))[clear].all()
     np.testing.assert_allclose(on_device, on_cpu, atol=5e-3)
 
 

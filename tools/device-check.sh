@@ -19,11 +19,13 @@ status=0
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available(), torch.cuda.device_count())"
+  python3 -m pip list 2>/dev/null | grep -iE "^(typer|rich|numpy|torchvision|pillow|safetensors|pytest) "
 } 2>&1 | tee "$out/machine.txt"
-python3 -m pytest tests_device -p no:cacheprovider -o addopts="" -q -ra --timeout 300 \
-  --durations=10 2>&1 | tee "$out/device-tests.log" || status=1
+# each phase has a cap, so that a hang cannot take the whole lease (10 minutes a command)
+timeout 400 python3 -m pytest tests_device -p no:cacheprovider -o addopts="" -q -ra \
+  --timeout 240 --durations=10 2>&1 | tee "$out/device-tests.log" || status=1
 if [[ "${1:-}" != "--no-benchmark" ]]; then
-  python3 benchmarks/gpu_throughput.py --json "$out/gpu_throughput.json" 2>&1 \
-    | tee "$out/gpu_throughput.log" || status=1
+  timeout 170 python3 benchmarks/gpu_throughput.py --images 1024 --steps 40 \
+    --json "$out/gpu_throughput.json" 2>&1 | tee "$out/gpu_throughput.log" || status=1
 fi
 exit "$status"

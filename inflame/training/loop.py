@@ -65,8 +65,25 @@ class _EpochStats:
         return self.correct / max(self.seen, 1)
 
 
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded state tensor (momentum, Adam's moments) its parameter's memory layout.
+    A checkpoint holds contiguous tensors; next to channels_last parameters they would keep
+    the optimizer's multi-tensor kernels off their fast path for the rest of the run."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """The best epoch's weights, kept in host memory: not a second model on the GPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
@@ -163,6 +180,7 @@ def fit(
         model.load_state_dict(state.model)
         if state.optimizer is not None:
             optimizer.load_state_dict(state.optimizer)
+            _match_layouts(optimizer)
         if scheduler is not None and state.scheduler is not None:
             scheduler.load_state_dict(state.scheduler)
         if state.scaler:
