@@ -295,6 +295,26 @@ def test_bad_data_is_a_clean_error_and_the_previous_report_stays(trained: Path, 
     )
 
 
+def test_the_report_never_replaces_a_folder_or_file_that_is_not_a_report(trained, tmp_path):
+    mine = tmp_path / "mydocs"
+    (mine / "photos").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("important notes")
+    note = tmp_path / "notes.txt"
+    note.write_text("keep me")
+    for out, says in ((mine, "thesis.txt"), (note, "is a file"), (Path("."), "job.toml")):
+        (tmp_path / "job.toml").write_text("[job]\n")  # the folder `.` stands for holds it
+        result = run_inflame("eval", trained, "--out", out, cwd=tmp_path)
+        assert_clean_error(result, "--out", says)
+    assert (mine / "thesis.txt").read_text() == "important notes" and (mine / "photos").is_dir()
+    assert note.read_text() == "keep me" and (tmp_path / "job.toml").is_file()
+    report = tmp_path / "report"
+    report.mkdir()  # an empty folder, then the report itself: both are written
+    for _ in range(2):
+        done = run_inflame("eval", trained, "--out", report, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in report.iterdir()) == sorted(REPORT_FILES)
+
+
 def test_changed_test_data_is_evaluated_with_a_warning(trained: Path, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)

@@ -90,7 +90,8 @@ def evaluate_run(
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {batch_size}.")
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / EVAL_DIR
+    out_dir = Path(os.path.abspath(out_dir)) if out_dir is not None else run_dir / EVAL_DIR
+    _check_out_dir(out_dir)
     with RunLock(run_dir, purpose="evaluating"):
         manifest = read_manifest(run_dir)
         root, input_name = eval_data(manifest, data)
@@ -152,6 +153,23 @@ def _relative(path: Path, run_dir: Path) -> str:
         return path.absolute().relative_to(run_dir.absolute()).as_posix()
     except ValueError:
         return str(path.absolute())
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The report replaces `out_dir` as a whole: it must be new, empty, or a report."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(
+            f"--out {out_dir} is a file, and the report is a folder. Give a new folder "
+            "(or a previous report's, which the new report replaces)."
+        )
+    found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    others = [name for name in found if name not in REPORT_FILES]
+    if others:
+        shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+        raise DataError(
+            f"--out {out_dir} holds files that are not an evaluation report ({shown}), and "
+            "the report replaces the whole folder. Give a new folder (or a previous report's)."
+        )
 
 
 def _write_atomically(out_dir: Path, write: Any) -> None:
