@@ -92,8 +92,18 @@ def build_backbone(architecture: str, pretrained: bool | str | Path = False) -> 
                 "`pretrained` to true, false or an existing weights file."
             )
         try:
-            model.load_state_dict(_load_state_file(path))
-        except (RuntimeError, KeyError, OSError) as exc:
+            state = _load_state_file(path)
+        except InflameError:
+            raise
+        except Exception as exc:  # a pickle loader's or safetensors' own error
+            raise InflameError(
+                f"Weights file {path} could not be read ({type(exc).__name__}): `pretrained` "
+                "takes a .safetensors file, or a .pth/.pt state dict saved with "
+                "torch.save(model.state_dict(), path)."
+            ) from None
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError) as exc:
             raise InflameError(
                 f"Weights file {path} does not fit {architecture}: {str(exc).splitlines()[0]}"
             ) from None

@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from inflame import Context, HParam, run_app
+from inflame.errors import InflameError
 from inflame.hparams import between, non_negative, positive
+
+
+def _weights_or_switch(value: bool | str) -> None:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", ""):
+        raise ValueError(
+            f"is the text {value!r}: write true or false without quotes, or give a weights "
+            "file's path"
+        )
 
 
 def _momentum(value: float) -> None:
@@ -37,6 +46,7 @@ HPARAMS = (
         True,
         "true: torchvision's ImageNet weights (downloaded once); false: random init; or a "
         "local weights file (.safetensors or a .pth state dict), relative to the spec.",
+        check=_weights_or_switch,
     ),
     HParam("freeze_backbone", bool, False, "Train only the new classification head."),
     HParam(
@@ -131,6 +141,12 @@ def train(ctx: Context) -> None:
     pretrained = hp["pretrained"]
     if isinstance(pretrained, str):
         pretrained = ctx.resolve_path(pretrained)
+        if not pretrained.is_file():
+            raise InflameError(
+                f"hyperparameters.pretrained: weights file {pretrained} does not exist (a "
+                "path is relative to the spec's folder). Set `pretrained` to true, false "
+                "or an existing weights file."
+            )
         ctx.record_input("pretrained_weights", pretrained)
     model = build_classifier(
         hp["architecture"],

@@ -42,6 +42,21 @@ def test_the_cli_refuses_a_nan_learning_rate_before_writing_anything(cli, write_
     assert not (tmp_path / "runs").exists()
 
 
+def test_pretrained_weights_that_are_not_there_or_not_weights_are_clean_errors(
+    cli, write_spec, tmp_path
+):
+    quoted = cli("train", "--local", write_spec(), "--set", 'hyperparameters.pretrained="false"')
+    assert_clean_error(quoted, "hyperparameters.pretrained", "write true or false without quotes")
+    assert not (tmp_path / "runs").exists()  # refused with the spec, before anything is written
+    missing = cli("train", "--local", write_spec(), "--set", "hyperparameters.pretrained='r.pth'")
+    assert_clean_error(missing, "hyperparameters.pretrained", f"{tmp_path / 'r.pth'} does not")
+    (tmp_path / "junk.pth").write_text("not weights")
+    junk = cli("train", "--local", write_spec(), "--set", "hyperparameters.pretrained='junk.pth'")
+    assert_clean_error(junk, "junk.pth could not be read (UnpicklingError)", "state_dict()")
+    assert "weights_only" not in junk.stderr  # torch's advice to load it unsafely: not ours
+    assert not list((tmp_path / "runs").iterdir())  # each cleared: nothing was trained
+
+
 def write_app(folder: Path, hparams: str) -> Path:
     folder.mkdir()
     (folder / "app.py").write_text(
