@@ -51,6 +51,10 @@ _ENVIRONMENT_ADVICE = {
     errno.EPERM: "Fix the permissions of that path (or use another folder)",
     errno.EROFS: "That filesystem is read-only: use a writable folder",
     errno.EMFILE: "Too many files are open: raise the limit (`ulimit -n`)",
+    # a path of the wrong shape: a file given where a folder goes, or the other way round
+    errno.ENOTDIR: "A file is in the way where a folder is needed: give a folder (or a new name)",
+    errno.EISDIR: "That is a folder where a file is needed: give a file's name",
+    errno.EEXIST: "That path is taken (a file where a folder goes?): give a new name",
 }
 
 

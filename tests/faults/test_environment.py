@@ -16,6 +16,7 @@ from inflame.launcher import train_local
 from inflame.ledger import Ledger
 from inflame.runs import list_runs, resolve_run
 from inflame.runtime import MetricsLog
+from tests.helpers import assert_clean_error
 
 
 def test_a_full_disk_mid_run_names_the_path_and_the_run_resumes(write_spec, tmp_path, monkeypatch):
@@ -155,3 +156,15 @@ def test_more_processes_than_gpus_is_refused_before_any_starts(write_spec, tmp_p
     assert "this machine has 1 GPU(s) visible (CUDA_VISIBLE_DEVICES=3)" in said
     assert "--nproc-per-node 1 or fewer" in said and "was cleared" in said
     assert [p.name for p in (tmp_path / "ddp").iterdir()] == [".lock"]  # nothing else left
+
+
+def test_a_file_given_where_a_folder_goes_is_a_clean_error(cli, write_spec, tmp_path):
+    note = tmp_path / "notes.txt"
+    note.write_text("keep me")
+    train = cli("train", "--local", write_spec(), "--run-dir", note)
+    assert_clean_error(train, str(note), "give a folder")
+    space = {"learning_rate": {"log_uniform": [1e-4, 1e-1]}}
+    spec = write_spec("sweep.toml", sweep={"trials": 1, "hyperparameters": space})
+    sweep = cli("sweep", spec, "--out", note)
+    assert_clean_error(sweep, str(note))
+    assert note.read_text() == "keep me"
