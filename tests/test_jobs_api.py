@@ -99,6 +99,17 @@ def test_bad_requests_and_failing_jobs_say_why(write_spec, tmp_path: Path):
                 "expected `section.key=value`",
             ),
             "wrong type": ({"spec_path": 3}, 422, "spec_path"),
+            "hyperparameter type": (
+                {"spec_path": "job.toml", "overrides": ["hyperparameters.epochs=two"]},
+                422,
+                "hyperparameters.epochs",
+            ),
+            "unknown hyperparameter": (
+                {"spec_path": "job.toml", "overrides": ["hyperparameters.learning_rte=0.1"]},
+                422,
+                "Did you mean `learning_rate`?",
+            ),
+            "no such app": ({"spec": '[job]\nname = "x"\napp = "./myapp"\n'}, 422, "myapp"),
             "control character": (
                 {"spec_path": "job.toml", "overrides": ["hyperparameters.x=a\x00b"]},
                 400,

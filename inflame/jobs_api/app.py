@@ -198,12 +198,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
 
 def _check_spec(spec: Path, overrides: list[str], target: str) -> None:
-    """The spec loads and validates as `inflame train` (no torch) or, for a cloud target,
-    `inflame submit --dry-run` would (offline: the exact request, checked)."""
+    """The spec validates as `inflame train` checks it before anything runs (the spec, the
+    app and its hyperparameters; no torch) or, for a cloud target, as `inflame submit
+    --dry-run` would (offline: the exact request, checked)."""
     if target == "local":
-        from inflame.spec import load_spec
+        from inflame.jobprep import prepare_job
 
-        load_spec(spec, overrides)
+        prepare_job(spec, overrides)
     else:
         from inflame.submit import plan_submission
 
