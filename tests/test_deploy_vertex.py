@@ -92,6 +92,11 @@ def test_dry_run_shows_the_exact_valid_requests_offline(run: Path, tmp_path: Pat
         "minReplicaCount": 2,
         "maxReplicaCount": 2,
     }
+    typo = run_inflame(
+        "deploy", run, "--target", "vertex", "--dry-run", *SETTINGS,
+        "--set", "targets.vertex.region=europe-wst1", cwd=tmp_path,
+    )  # fmt: skip
+    assert_clean_error(typo, "targets.vertex.region", "Did you mean `europe-west1`?")
     for machine in ("a4-highgpu-8g", "n1-standard-3"):  # training only / no such machine
         wrong = run_inflame(
             "deploy", run, "--target", "vertex", "--dry-run", *SETTINGS,

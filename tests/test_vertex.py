@@ -445,6 +445,15 @@ def test_submit_status_logs_cancel_and_bundle_reuse(vx_spec, gcp, tmp_path: Path
     assert refresh(second, ledger).state == "stopping"
 
 
+def test_a_region_vertex_ai_does_not_run_in_is_refused_with_the_nearest(vx_spec):
+    typo = {"vertex": {"region": "us-centrall1"}}
+    with pytest.raises(InflameError) as refused:
+        plan_submission(vx_spec(targets=typo), "vertex")
+    said = str(refused.value)
+    assert "targets.vertex.region" in said and "'us-centrall1' is not a region" in said
+    assert "Did you mean `us-central1`?" in said
+
+
 def test_a_missing_sdk_names_the_extra(vx_spec, monkeypatch):
     monkeypatch.setitem(sys.modules, "google.cloud.aiplatform", None)  # no [gcp] extra
     with pytest.raises(InflameError, match=r'pip install "inflame\[gcp\]"'):

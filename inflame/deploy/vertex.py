@@ -174,13 +174,14 @@ class VertexEndpoints:
         from inflame.targets.vertex import (
             FIXED_GPU_MACHINES,
             SETTINGS,
+            checked_region,
             machine_problem,
         )
 
         manifest, spec = finished_run(run_dir, overrides)
         settings = base.TargetSettings(spec, self.name, SETTINGS)
         import_sdk(self.name, self.provider.extra, "google.cloud.aiplatform_v1")
-        project, region = settings["project"], settings["region"]
+        project, region = settings["project"], checked_region(settings)
         machine = settings["endpoint_machine_type"]
         gpus = FIXED_GPU_MACHINES.get(machine)
         if not _PREDICTION_MACHINE_RE.fullmatch(machine) or machine_problem(

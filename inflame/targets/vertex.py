@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inflame.errors import InflameError
+from inflame.errors import InflameError, did_you_mean
 from inflame.targets import base
 from inflame.targets.base import (
     BUNDLE_ENV,
@@ -209,6 +209,20 @@ def name_and_label_violations(
             )
 
 
+def checked_region(settings: TargetSettings) -> str:
+    """`region`, when it is one Vertex AI runs in (the SDK's own list of regions)."""
+    constants = import_sdk("vertex", "gcp", "google.cloud.aiplatform.constants.base")
+    region = settings["region"]
+    if region not in constants.SUPPORTED_REGIONS:
+        raise settings.fail(
+            "region",
+            f"{region!r} is not a region Vertex AI runs in."
+            f"{did_you_mean(region, constants.SUPPORTED_REGIONS)} Regions: "
+            "https://cloud.google.com/vertex-ai/docs/general/locations",
+        )
+    return region
+
+
 def _rule_violations(job: Any) -> Iterator[str]:
     """Vertex AI's documented CustomJob rules the message type does not express."""
     from google.cloud.aiplatform_v1.types import AcceleratorType
@@ -377,7 +391,7 @@ class Vertex(Provider):
 
     def plan(self, spec: JobSpec, bundle: Bundle) -> Plan:
         settings = TargetSettings(spec, self.name, SETTINGS)
-        project, region = settings["project"], settings["region"]
+        project, region = settings["project"], checked_region(settings)
         staging = settings["staging_bucket"].rstrip("/")
         machine, accelerator, warnings = self._machine(settings, spec)
         image = settings["image"]
