@@ -1,6 +1,7 @@
 """Whose fault a training failure is. An exception out of `app.train(ctx)` is one of:
 
 - the machine ran out of memory (GPU or RAM): a message that says which and what to lower;
+- `deterministic = true` met an operation with no deterministic kernel: what to change;
 - the app's own code raised (walking from where it was raised outwards, a frame in the app's
   folder comes before any frame of inflame): the app's part of the traceback, so the user
   can fix their code, instead of a crash report blaming inflame;
@@ -48,6 +49,21 @@ def memory_advice(exc: BaseException) -> str | None:
     return None
 
 
+def determinism_advice(exc: BaseException) -> str | None:
+    """One paragraph when `deterministic = true` met an operation with no deterministic
+    kernel on this device (torch raises then); None for any other error."""
+    text = " ".join(str(exc).split())
+    operation, found, _ = text.partition(" does not have a deterministic implementation")
+    if not isinstance(exc, RuntimeError) or not found:
+        return None
+    return (
+        f"`[compute] deterministic = true`, but {operation[-200:]} has no deterministic "
+        "implementation on this device, so the run could not be bit-identical. Set "
+        '`[compute] deterministic = "auto"` or false (the manifest records which mode ran), '
+        "or avoid that operation in the model"
+    )
+
+
 def _within(path: str, folder: Path) -> bool:
     try:
         return Path(path).resolve().is_relative_to(folder)
@@ -83,7 +99,7 @@ def training_failure(
     if not isinstance(exc, Exception) or isinstance(exc, InflameError):
         return None
     next_step = f"; then {then}." if then else "."
-    advice = memory_advice(exc)
+    advice = memory_advice(exc) or determinism_advice(exc)
     if advice is not None:
         return AppFailed(advice + next_step)
     shown = app_traceback(exc, app_folder)

@@ -39,6 +39,9 @@ class FastPath:
     tf32: bool
     compile: bool
     deterministic: bool
+    # `deterministic = true` asked for: an operation with no deterministic kernel is an
+    # error then, not a warning ("auto" warns and goes on)
+    strict: bool = False
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -132,6 +135,7 @@ def resolve(
         tf32=settings.tf32 and gpu,
         compile=settings.compile,
         deterministic=bool(deterministic),
+        strict=settings.deterministic is True,
     )
 
 
@@ -145,7 +149,7 @@ def apply(path: FastPath) -> None:
         if path.deterministic:  # effective only before cuBLAS starts: see deterministic_env
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_DETERMINISTIC)
     # seed_everything turned deterministic kernels on; a GPU run in "auto" turns them off
-    deterministic_kernels(path.deterministic)
+    deterministic_kernels(path.deterministic, warn_only=not path.strict)
 
 
 def deterministic_env(settings: Performance) -> None:

@@ -32,8 +32,8 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def deterministic_kernels(mode: bool) -> None:
-    """`torch.use_deterministic_algorithms(mode, warn_only=True)`, without importing
+def deterministic_kernels(mode: bool, *, warn_only: bool = True) -> None:
+    """`torch.use_deterministic_algorithms(mode, warn_only=warn_only)`, without importing
     torch._inductor just to set its `deterministic` flag (a second or more of start-up
     where nothing else imports it): until something loads inductor (torch.compile does),
     the flag is passed through the variable inductor reads when it loads.
@@ -45,10 +45,10 @@ def deterministic_kernels(mode: bool) -> None:
 
     torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     if "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(mode, warn_only=True)
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
         return
     os.environ[INDUCTOR_DETERMINISTIC_ENV] = "1" if mode else "0"
-    torch._C._set_deterministic_algorithms(mode, warn_only=True)
+    torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -24,12 +24,15 @@ HPARAMS = (HParam("bug", str, "none"), HParam("epochs", int, 2))
 
 
 class Net(torch.nn.Module):
-    def __init__(self, wrong):
+    def __init__(self, wrong, put=False):
         super().__init__()
         self.first = torch.nn.Linear(2, 8)
         self.second = torch.nn.Linear(9 if wrong else 8, 2)
+        self.put = put
 
     def forward(self, x):
+        if self.put:  # put_ has no deterministic kernel, on any device
+            x = x.clone().put_(torch.tensor([0]), torch.tensor([0.0]))
         return self.second(torch.relu(self.first(x)))
 
 
@@ -46,7 +49,7 @@ def train(ctx):
         torch.empty(1 << 50, dtype=torch.uint8)  # a batch no machine holds
     x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
     y = (x[:, 0] - x[:, 1] > 0).long()
-    model = Net(wrong=bug == "shape")
+    model = Net(wrong=bug == "shape", put=bug == "put")
     fit(
         ctx, model, TensorDataset(x[:192], y[:192]), TensorDataset(x[192:], y[192:]),
         epochs=ctx.hparams["epochs"], batch_size=32,
@@ -68,6 +71,11 @@ def app_spec(tmp_path: Path) -> Path:
     return path
 
 
+def line_of(code: str) -> int:
+    """The line of APP that holds `code`."""
+    return next(n for n, line in enumerate(APP.splitlines(), 1) if code in line)
+
+
 def assert_app_error(result, *fragments: str) -> str:
     """Exit code 1, the message and no crash report (no `bug in inflame`, no crash log)."""
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
@@ -78,10 +86,11 @@ def assert_app_error(result, *fragments: str) -> str:
 
 
 def test_an_apps_own_error_shows_its_traceback_and_the_run_is_cleared(cli, app_spec, tmp_path):
+    line = line_of('return settings["learning_rate"]')
     said = assert_app_error(
         cli("train", "--local", app_spec, "--set", "hyperparameters.bug=key"),
         "The app's code raised KeyError: 'learning_rate'",
-        f'File "{tmp_path / "myapp" / "app.py"}", line 29, in train',
+        f'File "{tmp_path / "myapp" / "app.py"}", line {line}, in train',
         'return settings["learning_rate"]',
         "then run the same command again",
         "Nothing was trained",
@@ -127,6 +136,18 @@ def test_a_run_out_of_memory_says_what_to_lower(cli, app_spec, tmp_path):
         "--set hyperparameters.batch_size=16",
     )
     assert "The app's code raised" not in said
+
+
+def test_deterministic_true_refuses_an_operation_without_a_deterministic_kernel(
+    cli, app_spec, tmp_path
+):
+    put = ["--set", "hyperparameters.bug=put"]
+    strict = cli("train", "--local", app_spec, *put, "--set", "compute.deterministic=true")
+    said = assert_app_error(strict, "`[compute] deterministic = true`, but put_ has no")
+    assert 'deterministic = "auto"' in said and "The app's code raised" not in said
+    relaxed = cli("train", "--local", app_spec, *put)  # "auto" on a CPU: on, warnings only
+    assert relaxed.returncode == 0, relaxed.stderr
+    assert "put_ does not have a deterministic implementation" in relaxed.stderr  # torch's
 
 
 def test_an_error_in_one_ddp_process_is_the_apps_error(cli, app_spec, tmp_path):
