@@ -800,22 +800,32 @@ def runs_list(
     if not summaries:
         _stderr().print(f"No runs under {root}. Train one with `inflame train --local SPEC`.")
         return
+    columns: dict[str, list[str]] = {
+        "run": [s.path.name for s in summaries],
+        "created": [s.created.replace("T", " ")[:16] for s in summaries],
+        "status": [s.status for s in summaries],
+        "epochs": [str(s.epochs) for s in summaries],
+        "saved": [str(s.saved_epoch) if s.saved_epoch is not None else "-" for s in summaries],
+        # val acc: of the saved epoch, the one the weights hold
+        "val acc": [
+            f"{s.val_accuracy:.4f}" if s.val_accuracy is not None else "-" for s in summaries
+        ],
+        "weights": [(s.weights_sha256 or "-")[:12] for s in summaries],
+    }
+    console = Console()
+    # the run's name whole (it is what other commands take): on a narrow terminal whole
+    # columns give way instead, the weights' hash first, then the time it was created
+    for dropped in ("weights", "created"):
+        width = sum(max(map(len, [name, *cells])) + 3 for name, cells in columns.items()) + 1
+        if width <= console.width:
+            break
+        del columns[dropped]
     table = Table(title=f"Runs in {root}")
-    table.add_column("run", overflow="fold", ratio=1)
-    for column in ("created", "status", "epochs", "saved", "val acc", "weights"):
-        table.add_column(column, no_wrap=True, min_width=len(column))
-    for s in summaries:  # val acc: of the saved epoch, the one the weights hold
-        acc = f"{s.val_accuracy:.4f}" if s.val_accuracy is not None else "-"
-        table.add_row(
-            s.path.name,
-            s.created.replace("T", " ")[:16],
-            s.status,
-            str(s.epochs),
-            str(s.saved_epoch) if s.saved_epoch is not None else "-",
-            acc,
-            (s.weights_sha256 or "-")[:12],
-        )
-    Console().print(table)
+    for name in columns:
+        table.add_column(name, no_wrap=name != "run", overflow="fold")
+    for row in zip(*columns.values(), strict=True):
+        table.add_row(*row)
+    console.print(table)
     for s in summaries:
         if s.problem:
             _stderr().print(f"warning: {s.path.name} is unreadable: {s.problem}")

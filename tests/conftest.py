@@ -117,10 +117,12 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         **extra: str,
     ) -> subprocess.CompletedProcess[str]:
         env = guarded_env(
-            INFLAME_RUNS_DIR=str(tmp_path / "runs"),
-            COLUMNS="200",
-            INFLAME_HOME=str(tmp_path / "home"),
-            **extra,
+            **{
+                "INFLAME_RUNS_DIR": str(tmp_path / "runs"),
+                "COLUMNS": "200",
+                "INFLAME_HOME": str(tmp_path / "home"),
+                **extra,  # these win
+            }
         )
         from tests.helpers import inflame_process
 
