@@ -72,8 +72,9 @@ def find_app(ref: str) -> Path:
     if ref not in apps:
         raise SpecError(
             f"Unknown app `{ref}` in `job.app`.{did_you_mean(ref, apps)} Zoo apps: "
-            f"{', '.join(apps) or 'none'}. For your own app, set `app` to the folder holding "
-            f"{APP_FILE} (relative to the spec), or scaffold one with `inflame init DIR`."
+            f"{', '.join(apps) or 'none'}. For your own app, give the path of the folder "
+            f"holding {APP_FILE}, relative to the spec and starting with ./ (a bare name is a "
+            f'zoo app): `app = "./{ref}"`; or scaffold one with `inflame init DIR`.'
         )
     return (apps[ref] / APP_FILE).resolve()
 
