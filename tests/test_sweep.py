@@ -346,3 +346,17 @@ def test_two_sweep_processes_share_one_study(tmp_path: Path):
         run = trial_dir(tmp_path / "sw", row["trial"])
         assert json.loads((run / "manifest.json").read_text())["status"] == "completed"
         assert row["value"] == saved_value(run)
+
+
+def test_a_misspelt_metric_gets_the_reported_one_suggested(tmp_path: Path):
+    from inflame.sweep.trials import MetricMissing, final_value
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"saved": {"epoch": 1}}))
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0}) + "\n"
+    )
+    assert final_value(tmp_path, "val_accuracy") == 0.5
+    with pytest.raises(MetricMissing) as missing:
+        final_value(tmp_path, "val_acc")
+    said = str(missing.value)
+    assert "reports val_accuracy, val_loss. Did you mean `val_accuracy`?" in said

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inflame.errors import InflameError, RunError
+from inflame.errors import InflameError, RunError, did_you_mean
 from inflame.runs import read_manifest, read_metrics
 
 TRIALS_DIR = "trials"
@@ -97,7 +97,8 @@ def final_value(run_dir: Path, metric: str) -> float:
     reported = sorted({k for r in records for k, v in r.items() if _usable(v) and k != "epoch"})
     raise MetricMissing(
         f"The sweep optimises `{metric}` (sweep.metric), but the trial's run {run_dir} "
-        f"reports {', '.join(reported) or 'no numbers'}. Set sweep.metric to one of them."
+        f"reports {', '.join(reported) or 'no numbers'}.{did_you_mean(metric, reported)} "
+        "Set sweep.metric to one of them."
     )
 
 
