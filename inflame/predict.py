@@ -40,11 +40,23 @@ def verify_model_files(run_dir: Path) -> None:
     """Every file of `run_dir/model` must have the sha256 the manifest recorded when the run
     finished: a model changed after training is never served silently."""
     from inflame.hashing import sha256_file
-    from inflame.runs import MANIFEST, read_manifest
+    from inflame.runs import MANIFEST, read_manifest, run_status
 
     if not (run_dir / MANIFEST).is_file():
         return  # a bare model folder: its weights still carry their own digest
-    recorded = read_manifest(run_dir).get("outputs") or {}
+    manifest = read_manifest(run_dir)
+    status = run_status(manifest)
+    if status in ("running", "stopped", "interrupted", "failed"):
+        raise RunError(
+            f"{run_dir} is {status}, not completed: it holds no final model yet. "
+            + (
+                "Wait for it to finish"
+                if status == "running"
+                else f"Continue it with `inflame train --local --resume {run_dir}`"
+            )
+            + " (`inflame runs` shows every run's state)."
+        )
+    recorded = manifest.get("outputs") or {}
     for name, digest in sorted(recorded.items()):
         path = run_dir / "model" / name
         try:

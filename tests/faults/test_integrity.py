@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from inflame.errors import RunError
 from inflame.tensorfile import DIGEST_KEY, TensorFileError, load_tensors, save_tensors
 from tests.helpers import assert_clean_error
 
@@ -123,3 +124,18 @@ def test_predict_never_prints_nan_and_damaged_files_are_clean_errors(
     # a manifest without outputs (nothing recorded to compare): the load itself must fail cleanly
     (broken / "manifest.json").write_text(json.dumps({"status": "completed"}))
     assert_clean_error(cli("predict", image, "--run", broken), "model.json cannot be read")
+
+
+@pytest.mark.parametrize("status", ["interrupted", "failed", "running"])
+def test_a_run_that_did_not_finish_says_how_to_finish_it(tmp_path: Path, status: str):
+    from inflame.predict import Predictor
+
+    run = tmp_path / "run"
+    run.mkdir()  # a run that died while "running" (its process is gone): `stopped`
+    (run / "manifest.json").write_text(json.dumps({"status": status, "pid": 2**22 + 7}))
+    with pytest.raises(RunError) as refused:
+        Predictor.from_run(run)
+    said = str(refused.value)
+    shown = "stopped" if status == "running" else status
+    assert f"{run} is {shown}, not completed" in said
+    assert f"`inflame train --local --resume {run}`" in said
