@@ -416,9 +416,22 @@ def read_spec_file(path: Path) -> tuple[str, dict[str, Any]]:
             f"e.g. {path / 'job.toml'}."
         )
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise SpecError(f"Cannot read job spec {path}: {exc}.") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(
+            f"Job spec {path} is not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} "
+            "(an editor saved it in another encoding, e.g. Latin-1). Save it as UTF-8."
+        ) from None
+    if text.startswith("\ufeff"):
+        raise SpecError(
+            f"Job spec {path} starts with a byte-order mark (BOM), which TOML does not allow. "
+            "Save it as UTF-8 without BOM."
+        )
     try:
         return text, tomlfile.loads(text)
     except tomlfile.TOMLDecodeError as exc:

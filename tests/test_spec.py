@@ -162,6 +162,17 @@ def test_missing_spec_file_and_directory_are_clear(tmp_path: Path):
     assert "is a directory" in error_of(tmp_path)
 
 
+def test_a_spec_saved_in_another_encoding_or_with_a_bom_says_how_to_save_it(tmp_path: Path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('[job]\nname = "tiny"\n# caf\u00e9\n'.encode("latin-1"))
+    with pytest.raises(SpecError, match=r"not UTF-8 text: byte 0xe9 on line 3 .*Save it as UTF-8"):
+        load_spec(latin)
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes('[job]\nname = "tiny"\n'.encode("utf-8-sig"))
+    with pytest.raises(SpecError, match=r"byte-order mark .*Save it as UTF-8 without BOM"):
+        load_spec(bom)
+
+
 def test_env_references_expand_or_fail_clearly(spec_file: Path, monkeypatch):
     spec_file.write_text(GOOD.replace('"us-east-1"', '"${env:INFLAME_TEST_REGION}"'))
     monkeypatch.setenv("INFLAME_TEST_REGION", "eu-west-1")
