@@ -319,7 +319,10 @@ def test_gpus_per_node_must_match_the_instance(sm_spec):
             {"targets": {"sagemaker": {"keep_alive_seconds": 600}}},
             ["keep_alive_seconds", "warm pools cannot be used with spot"],
         ),
-        ({"targets": {"sagemaker": {"volume_size": 0}}}, ["volume_size` = 0 is outside 1.."]),
+        (
+            {"targets": {"sagemaker": {"volume_size": 0}}},
+            ["volume_size` must be at least 1, got 0"],
+        ),
         (
             {"targets": {"sagemaker": {"image": "${env:PATH}"}}},
             ["targets.sagemaker.image", "which the job's platform or inflame sets itself"],
@@ -345,6 +348,7 @@ def test_a_missing_required_setting_names_the_key_and_the_line(sm_spec, key):
         plan_submission(path, "sagemaker")
     message = " ".join(str(info.value).split())
     assert f"missing required key `targets.sagemaker.{key}`" in message
+    assert f"or give it with `--set targets.sagemaker.{key}=…`" in message  # deploy: no spec
     assert f"{path}:" in message
 
 

@@ -158,7 +158,10 @@ def test_plan_errors_are_precise(vx_spec, tables, fragment):
 @pytest.mark.parametrize(
     ("tables", "fragment"),
     [
-        ({"targets": {"vertex": {"boot_disk_gb": 50}}}, "boot_disk_gb` = 50 is outside 100..64000"),
+        (
+            {"targets": {"vertex": {"boot_disk_gb": 50}}},
+            "boot_disk_gb` must be between 100 and 64000, got 50",
+        ),
         ({"compute": {"disk_gb": 70000}}, "compute.disk_gb): Vertex AI boot disks are 100 to"),
     ],
 )

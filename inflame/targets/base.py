@@ -178,7 +178,7 @@ class TargetSettings:
             raise InflameError(
                 f"Invalid job spec {spec.path}: no [targets.{target}] table. Add "
                 f"one with the settings the {target} target needs (see README, "
-                f"'Run it on your cloud')."
+                f"'Run it on your cloud'), or give them with `--set targets.{target}.KEY=VALUE`."
             )
         self.table = table
         known = tuple(item.key for item in declared)
@@ -210,7 +210,7 @@ class TargetSettings:
                 raise self.fail(
                     item.key,
                     f"missing required key `{where}`. Add `{item.key} = {item.example}` "
-                    f"under [targets.{self.target}].",
+                    f"under [targets.{self.target}], or give it with `--set {where}=…`.",
                 )
             return item.default
         value = self.table[item.key]
@@ -222,8 +222,13 @@ class TargetSettings:
         low = -float("inf") if item.minimum is None else item.minimum
         high = float("inf") if item.maximum is None else item.maximum
         if item.kind is int and not low <= value <= high:
-            bounds = f"{item.minimum if item.minimum is not None else '…'}..{item.maximum or '…'}"
-            raise self.fail(item.key, f"`{where}` = {value} is outside {bounds}.")
+            if item.maximum is None:
+                bounds = f"at least {item.minimum}"
+            elif item.minimum is None:
+                bounds = f"at most {item.maximum}"
+            else:
+                bounds = f"between {item.minimum} and {item.maximum}"
+            raise self.fail(item.key, f"`{where}` must be {bounds}, got {value}.")
         return value
 
 
