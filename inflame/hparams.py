@@ -24,7 +24,9 @@ class HParam:
 
     `type` is a type or a tuple of types (`(bool, str)` accepts either). Ints are accepted
     where a float is declared. `choices` restricts the value; `check` may raise ValueError
-    with a message for further validation (e.g. "must be positive").
+    with a message for further validation (e.g. "must be positive"). `file=True`: a text
+    value is a local file, relative to the spec's folder (`ctx.resolve_path` finds it); a
+    cloud job gets a copy of it in its code bundle.
     """
 
     name: str
@@ -33,6 +35,7 @@ class HParam:
     help: str = ""
     choices: Sequence[Any] | None = None
     check: Callable[[Any], None] | None = None
+    file: bool = False
 
     @property
     def types(self) -> tuple[type, ...]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from inflame import tomlfile
 from inflame.errors import InflameError
-from inflame.jobprep import prepare_job
+from inflame.jobprep import PreparedJob, prepare_job
 from inflame.ledger import ACTIVE, JobRecord, Ledger
 from inflame.packaging import build_bundle
 from inflame.redact import redact
@@ -23,13 +23,40 @@ from inflame.targets import get_target
 from inflame.targets.base import JobState, Plan, check_capabilities
 
 BUNDLE_APP = "./app"
+BUNDLED_FILES = "files"  # local files named by hyperparameters: files/NAME/FILE
 
 
-def bundle_spec_toml(spec: JobSpec) -> str:
-    """The resolved spec as the job sees it: the app is the bundle's app/ folder."""
+def bundle_spec_toml(spec: JobSpec, moved: Mapping[str, str] | None = None) -> str:
+    """The resolved spec as the job sees it: the app is the bundle's app/ folder, and each
+    local-file hyperparameter (`moved`) names its copy in the bundle."""
     resolved = spec.to_dict()
     resolved["job"]["app"] = BUNDLE_APP
+    resolved.setdefault("hyperparameters", {}).update(moved or {})
     return tomlfile.dumps(resolved)
+
+
+def bundled_files(job: PreparedJob) -> tuple[dict[str, str], dict[str, bytes]]:
+    """The local files the app's `file=True` hyperparameters name, for a cloud job's code
+    bundle: ({hyperparameter: its path in the bundle}, {bundle member: bytes}). A named file
+    that is not there is refused here, before anything is sent."""
+    moved: dict[str, str] = {}
+    members: dict[str, bytes] = {}
+    for param in job.app.hparams or ():
+        value = job.spec.hyperparameters.get(param.name)
+        if not param.file or not isinstance(value, str):
+            continue
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else job.spec.folder / path
+        if not path.is_file():
+            raise InflameError(
+                f"Invalid job spec, {job.spec.locate(('hyperparameters', param.name))}: "
+                f"{path} does not exist (a path is relative to the spec's folder). A cloud "
+                "job gets a copy of that file in its code bundle: give an existing file."
+            )
+        member = f"{BUNDLED_FILES}/{param.name}/{path.name}"
+        moved[param.name] = member
+        members[member] = path.read_bytes()
+    return moved, members
 
 
 def plan_submission(
@@ -48,13 +75,13 @@ def plan_submission(
     check_capabilities(job.spec, adapter)
     local_data = [item.path for item in job.spec.data.values() if item.is_local]
     local_data += exclude
-    parent = None
+    moved, extra = bundled_files(job)
     if init_from is not None:
         from inflame.warmstart import bundle_members
 
-        parent = bundle_members(init_from)
+        extra.update(bundle_members(init_from))
     bundle = build_bundle(
-        job.app.folder, bundle_spec_toml(job.spec), exclude=local_data, extra=parent
+        job.app.folder, bundle_spec_toml(job.spec, moved), exclude=local_data, extra=extra
     )
     return adapter.plan(job.spec, bundle)
 

@@ -1037,3 +1037,25 @@ def _tree(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def test_a_local_weights_file_travels_in_the_bundle_and_the_job_reads_its_copy(sm_spec, tmp_path):
+    from inflame.packaging import safe_extract
+    from inflame.spec import load_spec
+
+    weights = tmp_path / "weights" / "start.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"the bytes of a weights file")
+    pretrained = {"pretrained": "weights/start.safetensors"}  # relative to the spec
+    plan = plan_submission(sm_spec(hyperparameters=pretrained), "sagemaker")
+    job = tmp_path / "job"
+    safe_extract(plan.bundle.data, job)  # as entry.sh runs it: spec.toml at the root
+    spec = load_spec(job / "spec.toml")
+    assert spec.hyperparameters["pretrained"] == "files/pretrained/start.safetensors"
+    assert (spec.folder / spec.hyperparameters["pretrained"]).read_bytes() == weights.read_bytes()
+    with pytest.raises(InflameError) as missing:  # refused before anything is sent
+        plan_submission(sm_spec(hyperparameters={"pretrained": "weights/gone.pth"}), "sagemaker")
+    said = " ".join(str(missing.value).split())
+    assert (
+        "(hyperparameters.pretrained)" in said and f"{tmp_path}/weights/gone.pth does not" in said
+    )

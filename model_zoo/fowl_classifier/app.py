@@ -47,6 +47,7 @@ HPARAMS = (
         "true: torchvision's ImageNet weights (downloaded once); false: random init; or a "
         "local weights file (.safetensors or a .pth state dict), relative to the spec.",
         check=_weights_or_switch,
+        file=True,  # cloud jobs get a copy in their code bundle
     ),
     HParam("freeze_backbone", bool, False, "Train only the new classification head."),
     HParam(
