@@ -234,6 +234,12 @@ def test_plan_matrix_is_valid_everywhere(az_spec, serverless_compute, gpus, node
             "not a datastore or blob URI",
         ),
         (
+            lambda b: b["properties"]["inputs"]["train"].update(
+                uri="azureml://datastores/workspaceblobstore/fowl/train"  # no /paths/
+            ),
+            "a datastore URI is azureml://datastores/NAME/paths/FOLDER",
+        ),
+        (
             lambda b: b["properties"]["environmentVariables"].update({"A-B": "1"}),
             "'A-B' is not a valid",
         ),

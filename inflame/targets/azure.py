@@ -189,6 +189,11 @@ def _rule_violations(name: str, body: Mapping[str, Any]) -> Iterator[str]:
                 uri = str(item.get("uri", ""))
                 if not uri.startswith(URI_SCHEMES):
                     yield f"properties.inputs.{key}.uri: {uri!r} is not a datastore or blob URI"
+                elif "/datastores/" in uri and not re.search(r"/datastores/[^/]+/paths/", uri):
+                    yield (
+                        f"properties.inputs.{key}.uri: {uri!r}: a datastore URI is "
+                        "azureml://datastores/NAME/paths/FOLDER"
+                    )
                 if item.get("mode") not in INPUT_MODES:
                     yield f"properties.inputs.{key}.mode: {item.get('mode')!r} is not allowed"
     overlap = set(props.get("inputs") or {}) & set(props.get("outputs") or {})
