@@ -16,7 +16,7 @@ from PIL import Image
 from inflame.data import decoded
 from inflame.data.dataset import ImageFolderDataset
 from inflame.data.demo import make_demo_dataset
-from inflame.errors import DataError
+from inflame.errors import DataError, InflameError
 from inflame.vision import decode_side, eval_transform, train_transform
 
 
@@ -127,6 +127,13 @@ def test_the_cache_stays_under_its_limit(cache, images, tmp_path, monkeypatch):
     monkeypatch.setenv("INFLAME_CACHE_MAX_GB", str(0.5 * one_entry / 1024**3))
     too_big = ImageFolderDataset(images, decode_size=36)
     assert not too_big.cached and too_big.decoded(0).shape == (3, 36, 36)
+    assert (
+        decoded.max_cache_bytes({}) == 50 * 1024**3
+        and decoded.max_cache_bytes({"INFLAME_CACHE_MAX_GB": "0"}) == 0
+    )
+    for wrong in ("abc", "-1", "nan", "inf"):  # refused, not silently the default
+        with pytest.raises(InflameError, match=f"INFLAME_CACHE_MAX_GB='{wrong}' is not a size"):
+            decoded.max_cache_bytes({"INFLAME_CACHE_MAX_GB": wrong})
 
 
 def test_an_entry_in_use_is_not_evicted_and_survives_a_clear(cache, images, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -29,6 +30,7 @@ import numpy as np
 
 from inflame.cache import cache_dir, cache_enabled
 from inflame.data.images import Sample, UnreadableImage, open_image
+from inflame.errors import InflameError
 from inflame.hashing import sha256_file
 from inflame.runlock import locked
 
@@ -59,11 +61,18 @@ def decode_pil(image: Any, side: int) -> np.ndarray:
 
 
 def max_cache_bytes(env: dict[str, str] | None = None) -> int:
+    """The decode cache's size limit: $INFLAME_CACHE_MAX_GB gigabytes (default 50)."""
     env = dict(os.environ) if env is None else env
+    given = env.get(MAX_GB_ENV) or str(DEFAULT_MAX_GB)
     try:
-        gigabytes = float(env.get(MAX_GB_ENV) or DEFAULT_MAX_GB)
+        gigabytes = float(given)
     except ValueError:
-        gigabytes = DEFAULT_MAX_GB
+        gigabytes = math.nan
+    if not math.isfinite(gigabytes) or gigabytes < 0:
+        raise InflameError(
+            f"{MAX_GB_ENV}={given!r} is not a size in gigabytes. Give one (e.g. "
+            f"{MAX_GB_ENV}=20; 0 turns the decode cache off), or unset it for {DEFAULT_MAX_GB:g}."
+        )
     return int(gigabytes * 1024**3)
 
 
