@@ -812,12 +812,17 @@ def runs_list(
         ],
         "weights": [(s.weights_sha256 or "-")[:12] for s in summaries],
     }
+
+    def width() -> int:
+        return sum(max(map(len, [name, *cells])) + 3 for name, cells in columns.items()) + 1
+
     console = Console()
+    if not console.is_terminal:  # piped: every column, however wide (scripts read it)
+        console = Console(width=max(width(), console.width))
     # the run's name whole (it is what other commands take): on a narrow terminal whole
     # columns give way instead, the weights' hash first, then the time it was created
     for dropped in ("weights", "created"):
-        width = sum(max(map(len, [name, *cells])) + 3 for name, cells in columns.items()) + 1
-        if width <= console.width:
+        if width() <= console.width:
             break
         del columns[dropped]
     table = Table(title=f"Runs in {root}")

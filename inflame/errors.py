@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import errno
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class InflameError(Exception):
@@ -54,7 +55,6 @@ _ENVIRONMENT_ADVICE = {
     # a path of the wrong shape: a file given where a folder goes, or the other way round
     errno.ENOTDIR: "A file is in the way where a folder is needed: give a folder (or a new name)",
     errno.EISDIR: "That is a folder where a file is needed: give a file's name",
-    errno.EEXIST: "That path is taken (a file where a folder goes?): give a new name",
 }
 
 
@@ -65,3 +65,12 @@ def environment_fault(exc: BaseException) -> str | None:
         return None
     where = f": {exc.filename}" if exc.filename else ""
     return f"{exc.strerror or exc}{where}. {_ENVIRONMENT_ADVICE[exc.errno]}"
+
+
+def make_folder(path: Path, option: str) -> None:
+    """mkdir -p for a folder the user named with `option`; a file in its place is refused."""
+    if path.exists() and not path.is_dir():
+        raise InflameError(
+            f"{option} {path} is a file, not a folder: give a folder (or a new name)."
+        )
+    path.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from inflame.errors import (
 )
 from inflame.hashing import sha256_file, tree_digest
 from inflame.jobprep import PreparedJob, prepare_job
-from inflame.performance import threads_env
+from inflame.performance import THREADS_ENV, threads_env
 from inflame.redact import redact
 from inflame.runlock import LOCK_FILE, RunLock
 from inflame.runs import (
@@ -66,6 +66,7 @@ STOP_GRACE_S = 60.0
 STOP_FILE = ".stop"  # written by the parent of a multi-process run to stop its processes
 STOPPED_FILE = ".stopped.json"  # written by rank 0 when it stopped at a safe point
 EXTRA_INPUTS = ".extra_inputs.json"  # rank 0 of a multi-process run hands these to the parent
+DDP_THREADS = "ddp_threads"  # the manifest's OMP_NUM_THREADS of a local CPU DDP run's processes
 # Manifest keys the launcher owns; an app's `ctx.record` may not overwrite them.
 _OWNED_KEYS = frozenset(
     {
@@ -90,6 +91,7 @@ _OWNED_KEYS = frozenset(
         "pid",
         "host",
         "world_size",
+        DDP_THREADS,
         "error",
         "curves",
         "evaluations",
@@ -375,9 +377,13 @@ def _execute_torchrun(
         str(run_dir),
         str(spec_dir),
     ]
-    with on_sigterm(), _recorded(run_dir, manifest, resume_hint, world_size=nproc_per_node):
+    threads = _threads(manifest, nproc_per_node)
+    running: dict[str, Any] = {"world_size": nproc_per_node}
+    if THREADS_ENV in threads:  # recorded as it starts: a resume keeps it
+        running[DDP_THREADS] = int(threads[THREADS_ENV])
+    with on_sigterm(), _recorded(run_dir, manifest, resume_hint, **running):
         try:
-            code = _run_torchrun(command, run_dir, _threads(manifest, nproc_per_node))
+            code = _run_torchrun(command, run_dir, threads)
         finally:
             shutil.rmtree(log_dir, ignore_errors=True)
         if code != 0:
@@ -411,15 +417,13 @@ def _check_gpus(nproc_per_node: int) -> None:
 
 
 def _threads(manifest: Mapping[str, Any], nproc_per_node: int) -> dict[str, str]:
-    """OMP_NUM_THREADS for the DDP processes (see `threads_env`); a resumed run's manifest
-    holds the count its processes ran with."""
+    """OMP_NUM_THREADS for the DDP processes (see `threads_env`). A resumed run's manifest
+    holds the count its CPU processes started with (DDP_THREADS; none for a GPU run, whose
+    processes kept torchrun's 1)."""
     import torch
 
-    performance = manifest.get("performance") or {}
-    # only a count that ran on CPUs: a GPU run's processes had 1 thread each (torchrun's)
-    on_cpu = str(performance.get("device", "cpu")) == "cpu"
-    recorded = performance.get("torch_threads") if on_cpu else None
     gpu = torch.cuda.is_available()
+    recorded = manifest.get(DDP_THREADS)
     return threads_env(nproc_per_node, os.environ, gpu=gpu, recorded=recorded)
 
 

@@ -37,8 +37,9 @@ def bundle_spec_toml(spec: JobSpec, moved: Mapping[str, str] | None = None) -> s
 
 def bundled_files(job: PreparedJob) -> tuple[dict[str, str], dict[str, bytes]]:
     """The local files the app's `file=True` hyperparameters name, for a cloud job's code
-    bundle: ({hyperparameter: its path in the bundle}, {bundle member: bytes}). A named file
-    that is not there is refused here, before anything is sent."""
+    bundle: ({hyperparameter: its path in the bundle}, {bundle member: bytes}). A relative
+    path that is not there is refused here, before anything is sent; an absolute one that
+    is not on this machine is left to the job (e.g. /gcs/BUCKET/… on Vertex AI)."""
     moved: dict[str, str] = {}
     members: dict[str, bytes] = {}
     for param in job.app.hparams or ():
@@ -46,12 +47,15 @@ def bundled_files(job: PreparedJob) -> tuple[dict[str, str], dict[str, bytes]]:
         if not param.file or not isinstance(value, str):
             continue
         path = Path(value).expanduser()
+        if path.is_absolute() and not path.exists():
+            continue  # a path inside the job (a bucket mount, the image's own file): kept
         path = path if path.is_absolute() else job.spec.folder / path
         if not path.is_file():
             raise InflameError(
                 f"Invalid job spec, {job.spec.locate(('hyperparameters', param.name))}: "
-                f"{path} does not exist (a path is relative to the spec's folder). A cloud "
-                "job gets a copy of that file in its code bundle: give an existing file."
+                f"{path} does not exist (a relative path is relative to the spec's folder). "
+                "A cloud job gets a copy of that file in its code bundle: give an existing "
+                "file, or an absolute path the job itself can read (a bucket mount)."
             )
         member = f"{BUNDLED_FILES}/{param.name}/{path.name}"
         moved[param.name] = member

@@ -96,10 +96,11 @@ def build_backbone(architecture: str, pretrained: bool | str | Path = False) -> 
         except InflameError:
             raise
         except Exception as exc:  # a pickle loader's or safetensors' own error
+            said = exc.strerror if isinstance(exc, OSError) and exc.strerror else ""
             raise InflameError(
-                f"Weights file {path} could not be read ({type(exc).__name__}): `pretrained` "
-                "takes a .safetensors file, or a .pth/.pt state dict saved with "
-                "torch.save(model.state_dict(), path)."
+                f"Weights file {path} could not be read ({type(exc).__name__}"
+                f"{': ' + said if said else ''}): `pretrained` takes a .safetensors file, or a "
+                ".pth/.pt state dict saved with torch.save(model.state_dict(), path)."
             ) from None
         try:
             model.load_state_dict(state)

@@ -135,9 +135,11 @@ def test_train_then_predict(cli, write_spec, demo_set: Path, tmp_path: Path):
     assert manifest["weights_sha256"] in shown.stdout and "val_accuracy" in shown.stdout
     wide = cli("runs", check=True).stdout  # the suite's 200 columns: every column
     assert run_dir.name in wide and manifest["weights_sha256"][:12] in wide
-    narrow = cli("runs", check=True, COLUMNS="80").stdout  # a terminal's usual width
+    narrow = cli("runs", check=True, COLUMNS="80", FORCE_COLOR="1").stdout  # a terminal's
     assert run_dir.name in narrow and "completed" in narrow  # the name whole, on one line
     assert manifest["weights_sha256"][:12] not in narrow  # the hash gave way
+    piped = cli("runs", check=True, COLUMNS="80").stdout  # a script reads every column
+    assert run_dir.name in piped and manifest["weights_sha256"][:12] in piped
 
     again = cli("train", "--local", spec)  # same spec and seed: the same weights
     assert manifest_of(run_dir_of(again))["weights_sha256"] == manifest["weights_sha256"]

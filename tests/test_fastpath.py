@@ -158,10 +158,30 @@ def test_ddp_processes_on_cpus_share_them_unless_threads_are_set(monkeypatch):
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the suite's workers set it
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # resumed on CPUs:
-    ran_on = {"torch_threads": 3}  # the count a CPU run ran with is kept
-    assert _threads({"performance": {**ran_on, "device": "cpu"}}, 2) == {"OMP_NUM_THREADS": "3"}
-    # a GPU run's processes had torchrun's 1 thread each: not a count to keep on CPUs
-    assert _threads({"performance": {**ran_on, "device": "cuda:0"}}, 2) == {"OMP_NUM_THREADS": "8"}
+    assert _threads({"ddp_threads": 3}, 2) == {"OMP_NUM_THREADS": "3"}  # the count it began with
+    # a GPU run recorded none (its processes had torchrun's 1 thread): the CPUs' share
+    assert _threads({"world_size": 2}, 2) == {"OMP_NUM_THREADS": "8"}
+
+
+def test_a_cpu_ddp_run_records_its_thread_count_as_it_starts(write_spec, tmp_path, monkeypatch):
+    from inflame import launcher
+    from inflame.errors import RunError
+
+    monkeypatch.setattr(performance, "available_cpus", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    seen = {}
+
+    def torchrun(command, run_dir, extra_env):  # stands in for the processes: look, then fail
+        seen["env"] = extra_env
+        seen["manifest"] = json.loads((run_dir / "manifest.json").read_text())
+        return 1
+
+    monkeypatch.setattr(launcher, "_run_torchrun", torchrun)
+    with pytest.raises(RunError, match="A training process"):
+        launcher.train_local(write_spec(), run_dir=tmp_path / "ddp", nproc_per_node=2)
+    assert seen["env"] == {"OMP_NUM_THREADS": "8"}
+    assert seen["manifest"]["status"] == "running" and seen["manifest"]["ddp_threads"] == 8
 
 
 class Squares(Dataset):

@@ -1059,3 +1059,8 @@ def test_a_local_weights_file_travels_in_the_bundle_and_the_job_reads_its_copy(s
     assert (
         "(hyperparameters.pretrained)" in said and f"{tmp_path}/weights/gone.pth does not" in said
     )
+    mounted = {"pretrained": "/opt/ml/input/data/weights/r50.pth"}  # only inside the job
+    plan = plan_submission(sm_spec(hyperparameters=mounted), "sagemaker")
+    safe_extract(plan.bundle.data, tmp_path / "job2")
+    kept = load_spec(tmp_path / "job2" / "spec.toml").hyperparameters["pretrained"]
+    assert kept == mounted["pretrained"]  # left to the job: not refused, not moved

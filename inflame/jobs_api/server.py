@@ -7,7 +7,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from inflame.errors import InflameError
+from inflame.errors import InflameError, make_folder
 from inflame.jobs_api.app import SETTINGS_ENV, ApiSettings
 from inflame.serving.server import announce, bind, require_service_packages, run_uvicorn
 
@@ -32,7 +32,7 @@ def hold_root(root: Path) -> None:
 def serve_api(settings: ApiSettings, *, log_level: str = "info") -> None:
     require_service_packages()
     settings.check()
-    Path(settings.root).mkdir(parents=True, exist_ok=True)
+    make_folder(Path(settings.root), "--root")
     hold_root(Path(settings.root))
     os.environ[SETTINGS_ENV] = settings.to_env()
     sock = bind(settings.host, settings.port)

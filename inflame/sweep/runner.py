@@ -23,6 +23,7 @@ from inflame.errors import (
     RunTerminated,
     SpecError,
     did_you_mean,
+    make_folder,
 )
 from inflame.jobprep import PreparedJob, prepare_job
 from inflame.runs import pid_alive, write_json_atomic
@@ -195,7 +196,7 @@ class Sweep:
     # ---- the sweep ----
     def run(self) -> SweepResult:
         optuna = import_optuna()
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.sweep_dir, "--out")
         storage = self.storage or default_storage(self.sweep_dir)
         study = open_study(
             storage,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from inflame import tomlfile
-from inflame.appfault import AppFailed, app_traceback, training_failure
+from inflame import appfault, tomlfile
+from inflame.appfault import NEW_RUN, AppFailed, app_traceback, training_failure
 
 APP = '''"""An app with a switchable bug: the blobs MLP, trained with inflame's own loop."""
 import torch
@@ -199,4 +199,90 @@ def test_a_gpu_out_of_memory_error_names_the_gpu_and_mixed_precision(tmp_path: P
     text = str(failure)
     assert text.startswith("Training ran out of GPU memory (CUDA out of memory. Tried to")
     assert "this process has 78.16 GiB memory in use" in text and "If reserved" not in text
-    assert 'precision = "bf16"' in text and text.endswith("; then start a new run.")
+    assert 'precision = "bf16"' in text and text.endswith(f"; then {NEW_RUN}.")
+    assert "--resume" not in text  # a changed spec does not resume
+
+
+def _load(file: Path, source: str, **namespace) -> dict:
+    """Run `source` as the module `file` (its frames carry that file name)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(source, encoding="utf-8")
+    exec(compile(source, str(file), "exec"), namespace)
+    return namespace
+
+
+def test_packages_inside_the_app_folder_are_libraries_and_inflame_stays_inflame(
+    tmp_path: Path, monkeypatch
+):
+    app = tmp_path / "proj"
+    site = app / ".venv" / "lib" / "site-packages"
+    monkeypatch.setattr(appfault, "_LIBRARIES", (*appfault._LIBRARIES, site.resolve()))
+    library = _load(site / "lib.py", "def boom():\n    raise ValueError('bad shape')\n")
+    calls = _load(app / "app.py", "def train():\n    return boom()\n", boom=library["boom"])
+    with pytest.raises(ValueError) as raised:  # the app called a library wrongly: the app's
+        calls["train"]()
+    assert app_traceback(raised.value, app) is not None
+    copy = site / "inflame"  # an inflame installed in a virtualenv inside the project
+    monkeypatch.setattr(appfault, "_INFLAME", copy.resolve())
+    ours = _load(copy / "hashing.py", "def digest():\n    raise TypeError('a bug')\n")
+    calls = _load(app / "app2.py", "def train():\n    return digest()\n", digest=ours["digest"])
+    with pytest.raises(TypeError) as bug:
+        calls["train"]()
+    assert app_traceback(bug.value, app) is None  # inflame's bug: the crash report
+
+
+def test_a_full_disk_in_the_app_is_the_machines_fault_not_the_apps(tmp_path: Path):
+    import errno
+
+    calls = _load(
+        tmp_path / "app.py",
+        "def train(errno):\n    raise OSError(errno.ENOSPC, 'No space left on device', 'x')\n",
+    )
+    with pytest.raises(OSError) as full:
+        calls["train"](errno)
+    assert training_failure(full.value, tmp_path, "again") is None  # the launcher's message
+
+
+def test_a_deep_traceback_keeps_the_apps_lines_and_the_innermost(tmp_path: Path):
+    chain = "".join(f"def level{n}():\n    return level{n + 1}()\n" for n in range(20))
+    calls = _load(
+        tmp_path / "app.py",
+        f"def train():\n    return level0()\n{chain}def level20():\n    return {{}}['missing']\n",
+    )
+    with pytest.raises(KeyError) as raised:  # 22 frames of the app: both ends are shown
+        calls["train"]()
+    shown = app_traceback(raised.value, tmp_path)
+    assert shown is not None and "in train" in shown and "… 10 frames …" in shown
+    assert "in level20\n    return {}['missing']" in shown  # the innermost frame
+
+
+def test_an_error_in_a_dataloader_worker_is_classified_by_the_workers_traceback(tmp_path):
+    from torch.utils.data import DataLoader
+
+    calls = _load(
+        tmp_path / "app.py",
+        "class Broken:\n    def __len__(self):\n        return 4\n"
+        "    def __getitem__(self, i):\n        return {}['label']\n"
+        "def train(loader):\n    return list(loader(Broken(), num_workers=1))\n",
+    )
+    with pytest.raises(KeyError) as raised:  # re-raised by torch, from torch's own frames
+        calls["train"](DataLoader)
+    shown = app_traceback(raised.value, tmp_path)
+    assert shown is not None and "__getitem__" in shown  # the worker's traceback, in the text
+
+
+def test_a_ddp_process_killed_by_a_signal_is_named_without_torchruns_summary(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from tests.conftest import guarded_env
+
+    script = tmp_path / "die.py"  # as the kernel's out-of-memory killer ends a process
+    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    agent = [sys.executable, "-m", "inflame.ddp_agent", "--standalone", "--nproc-per-node=1"]
+    result = subprocess.run(
+        [*agent, str(script)], capture_output=True, text=True, env=guarded_env(), timeout=120
+    )
+    assert result.returncode == 1
+    assert "training process 0" in result.stderr and "was killed by SIGKILL" in result.stderr
+    assert "Traceback" not in result.stderr and "Root Cause" not in result.stderr

@@ -166,5 +166,7 @@ def test_a_file_given_where_a_folder_goes_is_a_clean_error(cli, write_spec, tmp_
     space = {"learning_rate": {"log_uniform": [1e-4, 1e-1]}}
     spec = write_spec("sweep.toml", sweep={"trials": 1, "hyperparameters": space})
     sweep = cli("sweep", spec, "--out", note)
-    assert_clean_error(sweep, str(note))
+    assert_clean_error(sweep, f"--out {note} is a file, not a folder")
+    api = cli("api", "--root", note, "--port", "0", INFLAME_API_TOKEN="t" * 40)
+    assert_clean_error(api, f"--root {note} is a file, not a folder")
     assert note.read_text() == "keep me"
