@@ -280,8 +280,9 @@ def test_a_ddp_process_killed_by_a_signal_is_named_without_torchruns_summary(tmp
     script = tmp_path / "die.py"  # as the kernel's out-of-memory killer ends a process
     script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
     agent = [sys.executable, "-m", "inflame.ddp_agent", "--standalone", "--nproc-per-node=1"]
+    env = guarded_env(TMPDIR=str(tmp_path))  # torchrun's log folder (no --log-dir) goes here
     result = subprocess.run(
-        [*agent, str(script)], capture_output=True, text=True, env=guarded_env(), timeout=120
+        [*agent, str(script)], capture_output=True, text=True, env=env, timeout=120
     )
     assert result.returncode == 1
     assert "training process 0" in result.stderr and "was killed by SIGKILL" in result.stderr
